@@ -1,0 +1,217 @@
+"""What every language-model method needs: batches, per-token log-probs, sampling with masks.
+
+The batch layout used everywhere (one row per sequence):
+
+    input_ids        [pad pad p0 p1 p2 c0 c1 c2 EOS pad]   prompt left-padded, completion right-padded
+    attention_mask   [ 0   0  1  1  1  1  1  1  1   0 ]
+    completion_mask  [ 0   0  0  0  0  1  1  1  1   0 ]   the tokens a method is trained on
+
+Position ids are counted over real tokens only (`position_ids_from_mask`), so the padding side
+never changes a log-prob; a test pins that. Log-probs are aligned with the tokens:
+`logps[:, t] = log pi(input_ids[:, t] | input_ids[:, :t])`, and 0 at the first real token
+and at padding, so a
+sequence's log-prob is simply `(logps * completion_mask).sum(-1)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .models import position_ids_from_mask
+
+# ---------------------------------------------------------------------------------------------
+# Tokenising prompts and completions into the layout above
+# ---------------------------------------------------------------------------------------------
+
+
+def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Left-pad token lists -> (ids (B, T), mask (B, T))."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, T - len(s):] = torch.tensor(s)
+            mask[i, T - len(s):] = 1
+    return ids, mask
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    """Prompts -> left-padded (ids, mask), ready for `sample`."""
+    seqs = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    return pad_left(seqs, tokenizer.pad_token_id)
+
+
+def encode_pairs(tokenizer, prompts: list[str], completions: list[str], add_eos: bool = True,
+                 max_length: int | None = None) -> dict[str, Tensor]:
+    """(prompt, completion) texts -> the batch layout above, with EOS after each completion.
+
+    Raises a ValueError naming the row if a sequence is longer than `max_length` (nothing is
+    truncated silently).
+    """
+    p_seqs = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    c_seqs = [tokenizer(c, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id]
+              if add_eos else []) for c in completions]
+    if max_length is not None:
+        for i, (p, c) in enumerate(zip(p_seqs, c_seqs)):
+            if len(p) + len(c) > max_length:
+                raise ValueError(f"row {i}: prompt + completion is {len(p) + len(c)} tokens, "
+                                 f"longer than max_length={max_length}")
+    P = max(len(p) for p in p_seqs)
+    C = max(len(c) for c in c_seqs)
+    B = len(prompts)
+    ids = torch.full((B, P + C), tokenizer.pad_token_id, dtype=torch.long)
+    attn = torch.zeros((B, P + C), dtype=torch.long)
+    comp = torch.zeros((B, P + C), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(p_seqs, c_seqs)):
+        ids[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
+        ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
+        attn[i, P - len(p):P + len(c)] = 1
+        comp[i, P:P + len(c)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "completion_mask": comp}
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Index of the last real token of each row, whatever the padding side. (B, T) -> (B,)."""
+    T = attention_mask.shape[-1]
+    positions = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+    return torch.where(attention_mask.bool(), positions, -1).max(-1).values.clamp(min=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probs
+# ---------------------------------------------------------------------------------------------
+
+
+def logprobs_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(logits)[target]. logits: (..., V), targets: (...) -> (...). Computed in fp32."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """H = logsumexp(z) - sum softmax(z) * z. (..., V) -> (...)."""
+    logits = logits.float()
+    p = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
+
+def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0,
+                   with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Per-token log-probs of `input_ids` under `model`, aligned with the tokens.
+
+    input_ids, attention_mask: (B, T) -> logps (B, T) with logps[:, 0] = 0, and optionally the
+    entropy (B, T) of the next-token distribution that produced each token.
+    `temperature` divides the logits, as the sampler does, so that log-probs match sampling.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask))
+    logits = out.logits[:, :-1] / temperature  # (B, T-1, V): position t predicts token t+1
+    # a token has a log-prob only if it and the token before it are real (not padding)
+    valid = (attention_mask[:, :-1] * attention_mask[:, 1:]).bool()  # (B, T-1)
+    logps = logprobs_from_logits(logits, input_ids[:, 1:]).masked_fill(~valid, 0.0)  # (B, T-1)
+    logps = F.pad(logps, (1, 0))  # (B, T), aligned with input_ids
+    if not with_entropy:
+        return logps
+    return logps, F.pad(entropy_from_logits(logits).masked_fill(~valid, 0.0), (1, 0))
+
+
+def sequence_logprob(logps: Tensor, mask: Tensor, average: bool = False) -> Tensor:
+    """Sum (or mean, for length-normalised methods such as SimPO) of log-probs over a mask."""
+    total = (logps * mask).sum(-1)
+    return total / mask.sum(-1).clamp(min=1) if average else total
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled completions in the layout above."""
+
+    input_ids: Tensor        # (B, P + L)  prompt (left-padded) + completion (right-padded)
+    attention_mask: Tensor   # (B, P + L)
+    completion_mask: Tensor  # (B, P + L)  1 on completion tokens, EOS included
+    prompt_length: int       # P: completions start at this column
+    ended: Tensor            # (B,) bool: the completion emitted EOS within max_new_tokens
+
+    @property
+    def completion_ids(self) -> Tensor:  # (B, L)
+        return self.input_ids[:, self.prompt_length:]
+
+
+@torch.no_grad()
+def sample(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int,
+           eos_token_id: int, pad_token_id: int, temperature: float = 1.0, top_k: int | None = None,
+           generator: torch.Generator | None = None) -> Rollout:
+    """Autoregressive sampling with a KV cache, written out step by step.
+
+    temperature = 0 means greedy. After a row emits EOS, it receives pad tokens with mask 0.
+    prompt_ids, prompt_mask: (B, P), left-padded.
+    """
+    B, P = prompt_ids.shape
+    device = prompt_ids.device
+    ids, attn = prompt_ids, prompt_mask.long()
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    new_tokens, new_mask = [], []
+    past = None
+    step_ids, step_pos = ids, position_ids_from_mask(attn)
+    for _ in range(max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
+                    past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[:, -1].float()  # (B, V)
+        if temperature == 0:
+            token = logits.argmax(-1)
+        else:
+            logits = logits / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = torch.softmax(logits, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        new_tokens.append(token)
+        new_mask.append((~done).long())
+        done = done | (token == eos_token_id)
+        step_pos = step_pos[:, -1:] + 1  # (B, 1)
+        attn = torch.cat([attn, new_mask[-1][:, None]], dim=1)  # EOS is attended, later pads are not
+        step_ids = token[:, None]
+        if done.all():
+            break
+    completion = torch.stack(new_tokens, dim=1)  # (B, L)
+    comp_mask = torch.stack(new_mask, dim=1)  # (B, L)
+    completion = torch.where(comp_mask.bool(), completion, torch.full_like(completion, pad_token_id))
+    return Rollout(input_ids=torch.cat([prompt_ids, completion], dim=1),
+                   attention_mask=torch.cat([prompt_mask.long(), comp_mask], dim=1),
+                   completion_mask=torch.cat([torch.zeros_like(prompt_mask.long()), comp_mask], dim=1),
+                   prompt_length=P, ended=done)
+
+
+def decode_completions(tokenizer, rollout: Rollout) -> list[str]:
+    """Completion texts, without EOS or padding."""
+    out = []
+    for ids, m in zip(rollout.completion_ids, rollout.completion_mask[:, rollout.prompt_length:]):
+        toks = [t for t, keep in zip(ids.tolist(), m.tolist()) if keep and t != tokenizer.eos_token_id]
+        out.append(tokenizer.decode(toks))
+    return out
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, generator: torch.Generator | None = None,
+             batch_size: int = 256) -> tuple[list[str], Rollout | None]:
+    """Convenience: texts in, completion texts out (and the last batch's Rollout)."""
+    device = next(model.parameters()).device
+    texts, rollout = [], None
+    for i in range(0, len(prompts), batch_size):
+        ids, mask = encode_prompts(tokenizer, prompts[i:i + batch_size])
+        rollout = sample(model, ids.to(device), mask.to(device), max_new_tokens,
+                         tokenizer.eos_token_id, tokenizer.pad_token_id, temperature, top_k, generator)
+        texts += decode_completions(tokenizer, rollout)
+    return texts, rollout
