@@ -82,8 +82,13 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
 
 def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
               eval_fn: Callable[[object], dict] | None = None, eval_every: int = 0,
-              logger: MetricsLogger | None = None, progress: bool = False) -> MetricsLogger:
-    """Train `model` in place on rows with "prompt" and "completion" fields; returns the log."""
+              logger: MetricsLogger | None = None, progress: bool = False,
+              stop_fn: Callable[[dict], bool] | None = None) -> MetricsLogger:
+    """Train `model` in place on rows with "prompt" and "completion" fields; returns the log.
+
+    `eval_fn(model) -> dict` runs every `eval_every` steps; if `stop_fn(metrics)` is true after
+    an evaluation, training stops there (early stopping on a dev split).
+    """
     g = set_seed(cfg.seed)
     logger = logger or MetricsLogger()
     device = next(model.parameters()).device
@@ -124,7 +129,10 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
                         "lr": lr_at(step, cfg), "time": time.time() - t0})
         if eval_fn is not None and eval_every and ((step + 1) % eval_every == 0 or step == cfg.steps - 1):
             model.eval()
-            logger.log({"step": step, **eval_fn(model), "time": time.time() - t0})
+            metrics = eval_fn(model)
+            logger.log({"step": step, **metrics, "time": time.time() - t0})
             model.train()
+            if stop_fn is not None and stop_fn(metrics):
+                break
     model.eval()
     return logger

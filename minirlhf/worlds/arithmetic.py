@@ -47,6 +47,8 @@ class ArithmeticConfig:
     """Training problems (SFT and RL prompts)."""
     n_test: int = 500
     """Problems in each test split (in distribution and OOD)."""
+    n_dev: int = 300
+    """In-distribution problems for model selection (early stopping), never trained on."""
     seed: int = 0
     """Seed of the generator: the same seed gives the same files, byte for byte."""
 
@@ -191,13 +193,17 @@ def generate_split(n: int, min_ops: int, max_ops: int, modulus: int, seed: int) 
 
 
 def generate(cfg: ArithmeticConfig = ArithmeticConfig()) -> dict[str, list[dict]]:
-    """The three splits: train, test (in distribution) and test_ood (longer chains).
+    """The splits: train, dev and test (in distribution) and test_ood (longer chains).
 
-    Test problems are removed from the training split, so accuracy is measured on unseen chains.
+    Dev and test problems are removed from the training split, so accuracy is measured on
+    unseen chains; dev is for choosing when to stop, test for reporting.
     """
     test = generate_split(cfg.n_test, cfg.min_ops, cfg.max_ops, cfg.modulus, cfg.seed + 1)
     test_ood = generate_split(cfg.n_test, cfg.ood_min_ops, cfg.ood_max_ops, cfg.modulus, cfg.seed + 2)
-    held_out = {r["prompt"] for r in test}
+    test_prompts = {r["prompt"] for r in test}
+    dev = [r for r in generate_split(cfg.n_dev, cfg.min_ops, cfg.max_ops, cfg.modulus, cfg.seed + 3)
+           if r["prompt"] not in test_prompts]
+    held_out = test_prompts | {r["prompt"] for r in dev}
     train = [r for r in generate_split(cfg.n_train, cfg.min_ops, cfg.max_ops, cfg.modulus, cfg.seed)
              if r["prompt"] not in held_out]
-    return {"train": train, "test": test, "test_ood": test_ood}
+    return {"train": train, "dev": dev, "test": test, "test_ood": test_ood}
