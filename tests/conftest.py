@@ -1,0 +1,22 @@
+"""Shared fixtures: the built-in tokenizer and tiny random models (fast, no checkpoint needed)."""
+
+import pytest
+import torch
+
+from minirlhf.models import load_tokenizer, tiny_llama_config
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return load_tokenizer()
+
+
+@pytest.fixture
+def tiny_model(tok):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = tiny_llama_config(len(tok), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                            eos_token_id=tok.eos_token_id)
+    return LlamaForCausalLM(cfg).eval()
