@@ -18,13 +18,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .lm import encode_pairs, token_logprobs
 from .rl import masked_mean
-from .utils import MetricsLogger, check_finite, set_seed
+from .utils import MetricsLogger, check_finite, dist_info, set_seed
 
 
 @dataclass
@@ -55,6 +57,12 @@ class SFTConfig:
     """Seed for data order and initialisation."""
     log_every: int = 25
     """Log the training loss every this many steps."""
+    checkpoint_dir: str | None = None
+    """Folder for the resumable checkpoint (None: no checkpoints)."""
+    checkpoint_every: int = 0
+    """Write the checkpoint every this many steps (0: never)."""
+    resume: bool = False
+    """Continue from `checkpoint_dir` if a checkpoint is there."""
 
 
 def sft_loss(logps: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -83,22 +91,38 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
 def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
               eval_fn: Callable[[object], dict] | None = None, eval_every: int = 0,
               logger: MetricsLogger | None = None, progress: bool = False,
-              stop_fn: Callable[[dict], bool] | None = None) -> MetricsLogger:
+              stop_fn: Callable[[dict], bool] | None = None,
+              on_step: Callable[[int], None] | None = None) -> MetricsLogger:
     """Train `model` in place on rows with "prompt" and "completion" fields; returns the log.
 
     `eval_fn(model) -> dict` runs every `eval_every` steps; if `stop_fn(metrics)` is true after
     an evaluation, training stops there (early stopping on a dev split).
+
+    Under `torchrun` (torch.distributed initialised) each rank takes its share of every batch
+    and gradients are averaged by DistributedDataParallel; the loss is normalised by the number
+    of tokens over all ranks, so N processes compute exactly the update of one.
     """
     g = set_seed(cfg.seed)
     logger = logger or MetricsLogger()
     device = next(model.parameters()).device
+    rank, world = dist_info()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     model.train()
     t0 = time.time()
     order = torch.randperm(len(rows), generator=g)
-    cursor = 0
-    steps = range(cfg.steps)
-    if progress:
+    cursor, start = 0, 0
+    if cfg.resume and cfg.checkpoint_dir and (Path(cfg.checkpoint_dir) / "trainer_state.pt").exists():
+        start, extra = load_checkpoint(cfg.checkpoint_dir, model, opt)
+        order, cursor = extra["order"], extra["cursor"]
+        g.set_state(extra["generator"])
+        logger.rows[:] = [r for r in logger.rows if r.get("step", -1) < start]
+    ddp_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(model)
+    steps = range(start, cfg.steps)
+    if progress and rank == 0:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="sft")
     for step in steps:
@@ -107,6 +131,7 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
             order, cursor = torch.randperm(len(rows), generator=g), 0
         idx = order[cursor: cursor + cfg.batch_size].tolist()
         cursor += cfg.batch_size
+        idx = idx[rank::world]  # this rank's share (all of it on one process)
         batch = encode_pairs(tokenizer, [rows[i]["prompt"] for i in idx],
                              [rows[i]["completion"] for i in idx], max_length=cfg.max_length)
         if cfg.packing:
@@ -114,8 +139,13 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
         batch = {k: v.to(device) for k, v in batch.items()}
         loss_mask = batch["completion_mask"] if cfg.completion_only else batch["attention_mask"]
         # 2. the loss: negative log-likelihood of the completion tokens
-        logps = token_logprobs(model, batch["input_ids"], batch["attention_mask"])  # (B, T)
-        loss = sft_loss(logps, loss_mask)
+        logps = token_logprobs(ddp_model, batch["input_ids"], batch["attention_mask"])  # (B, T)
+        if world > 1:  # normalise by the tokens of all ranks; DDP averages gradients, so x world
+            n_tokens = loss_mask.sum().float()
+            torch.distributed.all_reduce(n_tokens)
+            loss = -(logps * loss_mask).sum() / n_tokens * world
+        else:
+            loss = sft_loss(logps, loss_mask)
         check_finite("SFT loss", loss)
         # 3. the update
         for group in opt.param_groups:
@@ -124,6 +154,11 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
+        if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and rank == 0:
+            save_checkpoint(cfg.checkpoint_dir, model, opt, step + 1,
+                            {"order": order, "cursor": cursor, "generator": g.get_state()})
+        if on_step is not None:
+            on_step(step)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             logger.log({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
                         "lr": lr_at(step, cfg), "time": time.time() - t0})

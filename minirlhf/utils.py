@@ -29,6 +29,15 @@ def get_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) under torchrun, (0, 1) otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def check_finite(name: str, value: torch.Tensor | float) -> None:
     """Raise a clear error if a loss or reward is NaN or infinite, before it reaches the weights."""
     t = torch.as_tensor(value)
