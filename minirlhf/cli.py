@@ -185,9 +185,24 @@ def _run_sft(args: argparse.Namespace, cfg) -> dict:
 
 
 def _register_builtin() -> None:
+    from . import commands
+    from .dpo import DPOConfig
+    from .grpo import GRPOConfig
+    from .ppo import PPOConfig
+    from .reward_model import RewardConfig
     from .sft import SFTConfig
 
-    COMMANDS.setdefault("sft", Command(SFTConfig, _run_sft, "supervised fine-tuning (completion-only loss)", _sft_args))
+    builtin = {
+        "sft": Command(SFTConfig, _run_sft, "supervised fine-tuning (completion-only loss)", _sft_args),
+        "rm": Command(RewardConfig, commands.run_rm, "Bradley-Terry reward model", commands.rm_args),
+        "ppo": Command(PPOConfig, commands.run_ppo, "PPO against a reward model (InstructGPT-style)",
+                       commands.ppo_args),
+        "dpo": Command(DPOConfig, commands.run_dpo, "DPO and its variants (--loss-type)", commands.dpo_args),
+        "grpo": Command(GRPOConfig, commands.run_grpo, "GRPO and its variants (--variant) on verifiable rewards",
+                        commands.grpo_args),
+    }
+    for name, cmd in builtin.items():
+        COMMANDS.setdefault(name, cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

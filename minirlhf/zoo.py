@@ -128,10 +128,22 @@ def build_base_model(name: str) -> dict:
     return info
 
 
+def _lazy(module: str, function: str) -> Callable[[], dict]:
+    """A build step defined in a method module, imported only when it runs."""
+    def run() -> dict:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)()
+    return run
+
+
+# In dependency order: the reward model starts from review-sft, the verifiers sample arith-sft.
 BUILD_STEPS: dict[str, Callable[[], dict]] = {
     "data": build_data,
     "arith-sft": lambda: build_base_model("arith-sft"),
     "review-sft": lambda: build_base_model("review-sft"),
+    "review-rm": _lazy("minirlhf.reward_model", "build_shipped"),
+    "diffusion": _lazy("minirlhf.diffusion.models", "build_shipped"),
 }
 
 

@@ -96,3 +96,15 @@ def test_preference_pairs_follow_bradley_terry():
     # labels are noisy but agree with the gold reward more often than not
     agree = sum(r["gold_chosen"] > r["gold_rejected"] for r in rows) / len(rows)
     assert 0.6 < agree < 0.95
+
+
+def test_extract_answer_on_real_gsm8k_solutions():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "gsm8k_test_300.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    answers = [arithmetic.extract_answer(r["answer"]) for r in rows]
+    assert len(rows) == 300 and all(a is not None for a in answers)
+    assert answers[0] == "18"  # Janet's ducks
+    assert all(a.lstrip("-").replace(".", "").isdigit() for a in answers)

@@ -1,0 +1,387 @@
+"""GRPO and its family: policy gradients on verifiable rewards with a group baseline, no critic.
+
+For each prompt q, sample a group of G completions o_1..o_G, score them with a verifiable reward
+(the arithmetic checker: is the final answer right?), and push up the completions that beat
+their group. GRPO (Shao et al., 2024, "DeepSeekMath", Eq. 3) maximises
+
+    J(theta) = E[ 1/G sum_i 1/|o_i| sum_t { min(r_it A_i, clip(r_it, 1-eps, 1+eps) A_i)
+                                              - beta * D_KL[pi_theta || pi_ref] } ]
+    r_it = pi_theta(o_it | q, o_i<t) / pi_old(o_it | q, o_i<t),   A_i = (R_i - mean(R)) / std(R)
+
+with the k3 estimator for the KL (Eq. 4). The variants change one or two pieces each, and
+`preset(name)` returns the config of each paper (everything else stays the same):
+
+    variant   advantage                    ratio     clip (low, high)  aggregation (rl.aggregate_loss)  extras
+    grpo      (R - mean) / (std + eps)     token     0.2, 0.2          seq_mean_token_mean (Eq. 3)      beta 0.04
+    dr_grpo   R - mean  (no std)           token     0.2, 0.2          seq_mean_token_sum_norm          (Liu et al., 2025)
+    dapo      (R - mean) / (std + eps)     token     0.2, 0.28         token_mean (Eq. 10)             dynamic sampling,
+                                                                                                       overlong penalty (Yu et al., 2025)
+    rloo      R - mean of the others       token     0.2, 0.2          seq_mean_token_sum              (Ahmadian et al., 2024)
+    gspo      (R - mean) / (std + eps)     sequence  3e-4, 4e-4        seq_mean_token_mean             (Zheng et al., 2025)
+
+Where we depart from the papers (all for a laptop CPU and a 0.2M-parameter model):
+* One rollout batch is reused for `mu` full-batch updates (no minibatches); the old policy is
+  the policy that sampled, so the ratio is exactly 1 on the first update (logged and tested).
+* DAPO's dynamic sampling keeps sampling (up to `max_sampling_rounds` rounds) to fill the batch
+  with groups of non-zero reward variance; if the rounds run out it trains on the groups it has.
+  Groups are filtered on the *total* reward (what the advantage sees), not only on accuracy.
+* DAPO's overlong *filtering* (masking truncated samples) is not implemented, only the soft
+  overlong punishment (Eq. 13), which is added to the reward.
+* RLOO is written as the same clipped surrogate with the leave-one-out advantage; with mu = 1
+  this is exactly REINFORCE with the RLOO baseline on the sequence log-prob.
+
+Run: `train_grpo(load_model("arith-sft"), load_tokenizer(), prompts, [arithmetic_reward], preset("grpo"))`,
+or see notebooks/05_grpo.ipynb.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import rl
+from .lm import Rollout, decode_completions, encode_prompts, sample, token_logprobs
+from .utils import MetricsLogger, check_finite, set_seed
+
+RewardFn = Callable[[list[str], list[str]], list[float]]
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO-family RL on verifiable rewards. Defaults: arithmetic world, tiny model, laptop CPU."""
+
+    variant: str = "grpo"
+    """Name of the paper preset this config came from (for logs); `preset()` sets the fields below."""
+    steps: int = 60
+    """Training steps; one step = one batch of rollouts followed by `mu` updates."""
+    prompts_per_step: int = 16
+    """Prompts per rollout batch (B); the batch holds B * G completions."""
+    group_size: int = 8
+    """G: completions sampled per prompt."""
+    mu: int = 2
+    """Gradient updates per batch of rollouts (GRPO's mu); > 1 makes the clip matter."""
+    lr: float = 3e-5
+    """AdamW learning rate (constant). arith-sft is fragile: one Adam step at 1e-4 already moves k3 to ~0.4."""
+    warmup_steps: int = 0
+    """Linear lr warmup over this many optimizer updates; Adam's first updates are sign-like (size lr on every weight)."""
+    adam_eps: float = 1e-8
+    """AdamW eps; larger values damp the sign-like updates of weights whose gradient is only noise."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
+    temperature: float = 1.0
+    """Sampling temperature for rollouts (log-probs use the same temperature)."""
+    max_new_tokens: int = 64
+    """Longest completion; also the constant of Dr. GRPO's `seq_mean_token_sum_norm`."""
+    beta: float = 0.0
+    """Weight of the k3 KL to the reference policy in the loss; 0 means no reference model at all."""
+    clip_low: float = 0.2
+    """eps_low: the ratio is clipped below at 1 - clip_low (for A < 0)."""
+    clip_high: float = 0.2
+    """eps_high: the ratio is clipped above at 1 + clip_high (for A > 0); DAPO's clip-higher is 0.28."""
+    scale_rewards: bool = True
+    """Divide group-centred rewards by the group std (GRPO); False is Dr. GRPO."""
+    advantage: str = "group"
+    """"group" (GRPO: group mean baseline) or "rloo" (leave-one-out baseline)."""
+    importance: str = "token"
+    """"token" (per-token ratio, PPO/GRPO) or "sequence" (GSPO's length-normalised sequence ratio)."""
+    loss_agg: str = "seq_mean_token_mean"
+    """How per-token losses become a scalar: one of rl.AGGREGATIONS."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal (zero advantage) and sample more to fill the batch."""
+    max_sampling_rounds: int = 3
+    """Dynamic sampling: at most this many rollout rounds per step, then train on what was kept."""
+    overlong_cache: int = 0
+    """DAPO's soft overlong punishment: penalty ramps from 0 to -1 over the last this many tokens (0: off)."""
+    overlong_max_len: int | None = None
+    """L_max of the overlong punishment (None: max_new_tokens)."""
+    reward_weights: list[float] | None = None
+    """Weight of each reward function (None: all 1)."""
+    adv_eps: float = 1e-4
+    """eps in (R - mean) / (std + eps)."""
+    eval_every: int = 10
+    """Call eval_fn every this many steps (and before the first and after the last)."""
+    seed: int = 0
+    """Seed for prompt order and sampling."""
+
+
+PRESETS: dict[str, dict] = {
+    "grpo": dict(beta=0.04),  # Shao et al. 2024, Eq. 3: per-sequence token mean, std scaling, KL in the loss
+    "dr_grpo": dict(scale_rewards=False, loss_agg="seq_mean_token_sum_norm"),  # Liu et al. 2025
+    "dapo": dict(clip_high=0.28, loss_agg="token_mean", dynamic_sampling=True,  # Yu et al. 2025
+                 overlong_cache=16),
+    "rloo": dict(advantage="rloo", scale_rewards=False, loss_agg="seq_mean_token_sum"),  # Ahmadian et al. 2024
+    "gspo": dict(importance="sequence", clip_low=3e-4, clip_high=4e-4),  # Zheng et al. 2025, Sec. 4
+}
+
+
+def preset(variant: str, **overrides) -> GRPOConfig:
+    """The config of one paper: `preset("dapo", steps=20)`."""
+    if variant not in PRESETS:
+        raise ValueError(f"unknown GRPO variant {variant!r}; choose one of {list(PRESETS)}")
+    return GRPOConfig(**{**PRESETS[variant], "variant": variant, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewards
+# ---------------------------------------------------------------------------------------------
+
+FORMAT_RE = re.compile(r"####\s*\d+\s*$")
+
+
+def format_reward(prompts: list[str], completions: list[str]) -> list[float]:
+    """1.0 if the completion ends with a final-answer line "#### <digits>", else 0.0."""
+    return [1.0 if FORMAT_RE.search(c) else 0.0 for c in completions]
+
+
+def overlong_penalty(lengths: Tensor, max_len: int, cache: int) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al., 2025, Eq. 13). lengths: (N,) -> (N,).
+
+        R = 0                              if |y| <= L_max - L_cache
+            ((L_max - L_cache) - |y|) / L_cache   if L_max - L_cache < |y| <= L_max
+            -1                             if |y| > L_max
+    """
+    free = max_len - cache
+    ramp = (free - lengths.float()) / cache
+    return torch.where(lengths <= free, torch.zeros_like(ramp),
+                       torch.where(lengths <= max_len, ramp, -torch.ones_like(ramp)))
+
+
+def score(prompts: list[str], completions: list[str], reward_fns: list[RewardFn],
+          weights: list[float] | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Weighted sum of reward functions -> (N,) tensor, and each function's mean for the log.
+
+    A NaN/inf reward raises here, naming the function and the row, before any update.
+    """
+    weights = weights or [1.0] * len(reward_fns)
+    if len(weights) != len(reward_fns):
+        raise ValueError(f"{len(reward_fns)} reward functions but {len(weights)} reward_weights")
+    total, means = torch.zeros(len(prompts)), {}
+    for fn, w in zip(reward_fns, weights):
+        name = getattr(fn, "__name__", type(fn).__name__)
+        r = torch.tensor(fn(prompts, completions), dtype=torch.float32)  # (N,)
+        if r.shape != (len(prompts),):
+            raise ValueError(f"reward function {name!r} returned shape {tuple(r.shape)}, expected ({len(prompts)},)")
+        bad = (~torch.isfinite(r)).nonzero().flatten().tolist()
+        if bad:
+            i = bad[0]
+            raise FloatingPointError(f"reward function {name!r} returned {r[i].item()} for row {i} "
+                                     f"(prompt {prompts[i]!r}, completion {completions[i]!r}); "
+                                     "stopped before updating the weights")
+        total += w * r
+        means[f"rewards/{name}"] = r.mean().item()
+    return total, means
+
+
+# ---------------------------------------------------------------------------------------------
+# The pure pieces: dynamic sampling filter, advantages, loss
+# ---------------------------------------------------------------------------------------------
+
+
+def dynamic_sampling_filter(rewards: Tensor) -> Tensor:
+    """DAPO's dynamic sampling (Yu et al., 2025, Eq. 11: 0 < #correct < G), for any reward.
+
+    rewards: (B, G) -> keep: (B,) bool, False for groups whose rewards are all equal (their
+    advantages are all 0, so they carry no gradient and only dilute the batch).
+    """
+    return rewards.max(dim=1).values > rewards.min(dim=1).values
+
+
+def compute_advantages(rewards: Tensor, cfg: GRPOConfig) -> Tensor:
+    """rewards: (B, G) -> advantages (B, G), one per completion (shared by all its tokens)."""
+    if cfg.advantage == "rloo":
+        return rl.rloo_advantages(rewards)
+    if cfg.advantage == "group":
+        return rl.group_advantages(rewards, scale_by_std=cfg.scale_rewards, eps=cfg.adv_eps)
+    raise ValueError(f"unknown advantage {cfg.advantage!r}; choose 'group' or 'rloo'")
+
+
+def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor,
+              mask: Tensor, cfg: GRPOConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """The GRPO-family loss to minimise. logp, old_logp, ref_logp, mask: (N, T); advantages: (N,).
+
+        per_token = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)) + beta * k3    (GRPO Eq. 3, 4)
+        loss      = aggregate(per_token, mask, cfg.loss_agg)
+
+    r is the token ratio pi/pi_old, or with `importance="sequence"` GSPO's (Zheng et al., 2025,
+    Eq. 7) s_i = exp(1/|o_i| sum_t log(pi/pi_old)), shared by every token of o_i.
+    """
+    A = advantages.reshape(-1, 1)  # (N, 1), broadcast over tokens
+    mask = mask.float()
+    if cfg.importance == "sequence":
+        seq_log_ratio = rl.masked_mean(logp - old_logp, mask, dim=-1)  # (N,)  GSPO Eq. 7
+        log_ratio = seq_log_ratio[:, None].expand_as(logp)  # (N, T)
+        per_token, ratio = rl.clipped_surrogate(log_ratio, torch.zeros_like(log_ratio), A,
+                                                cfg.clip_low, cfg.clip_high)
+    elif cfg.importance == "token":
+        per_token, ratio = rl.clipped_surrogate(logp, old_logp, A, cfg.clip_low, cfg.clip_high)  # (N, T)
+    else:
+        raise ValueError(f"unknown importance {cfg.importance!r}; choose 'token' or 'sequence'")
+    A_tok = A.expand_as(logp)
+    metrics = {**rl.clip_fractions(ratio.detach(), A_tok, mask, cfg.clip_low, cfg.clip_high),
+               "policy/ratio_mean": rl.masked_mean(ratio.detach(), mask),
+               "policy/ratio_max_dev": ((ratio.detach() - 1).abs() * mask).max(),
+               # k3 between the sampling policy and the current one: how far the mu updates moved
+               "policy/approx_kl": rl.masked_mean(rl.kl_k3(logp.detach(), old_logp), mask)}
+    if cfg.beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs ref_logp (log-probs under the reference policy)")
+        kl = rl.kl_k3(logp, ref_logp)  # (N, T)  GRPO Eq. 4
+        per_token = per_token + cfg.beta * kl
+        metrics["objective/kl"] = rl.masked_mean(kl.detach(), mask)
+    loss = rl.aggregate_loss(per_token, mask, cfg.loss_agg, max_len=cfg.max_new_tokens)
+    return loss, metrics
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021, Eq. 1).
+
+        pass@k = 1 - C(n - c, k) / C(n, k)
+    """
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least k samples, got n={n}")
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def make_reference(policy, cfg: GRPOConfig, ref_model=None):
+    """The frozen reference policy, or None when beta == 0 (nothing is copied or kept)."""
+    if cfg.beta == 0:
+        return None
+    ref = ref_model if ref_model is not None else copy.deepcopy(policy)
+    ref.eval().requires_grad_(False)
+    return ref
+
+
+def concat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
+    """Stack rollouts of different prompt/completion lengths (re-padding both sides)."""
+    P = max(r.prompt_length for r in rollouts)
+    L = max(r.input_ids.shape[1] - r.prompt_length for r in rollouts)
+
+    def repad(x: Tensor, r: Rollout, value: int) -> Tensor:  # (b, p + l) -> (b, P + L)
+        p, l = r.prompt_length, x.shape[1] - r.prompt_length
+        return torch.nn.functional.pad(x, (P - p, L - l), value=value)
+
+    return Rollout(input_ids=torch.cat([repad(r.input_ids, r, pad_id) for r in rollouts]),
+                   attention_mask=torch.cat([repad(r.attention_mask, r, 0) for r in rollouts]),
+                   completion_mask=torch.cat([repad(r.completion_mask, r, 0) for r in rollouts]),
+                   prompt_length=P, ended=torch.cat([r.ended for r in rollouts]))
+
+
+def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | list[RewardFn],
+               cfg: GRPOConfig = GRPOConfig(), ref_model=None,
+               eval_fn: Callable[[object], dict] | None = None,
+               logger: MetricsLogger | None = None) -> MetricsLogger:
+    """Train `policy` in place with the GRPO-family objective `cfg` describes; returns the log.
+
+    reward_fns: one `fn(prompts, completions) -> list[float]` or a list (weighted by
+    cfg.reward_weights). eval_fn(model) -> dict is logged with an "eval/" prefix.
+    """
+    reward_fns = reward_fns if isinstance(reward_fns, (list, tuple)) else [reward_fns]
+    if not prompts:
+        raise ValueError("train_grpo needs at least one prompt")
+    g = set_seed(cfg.seed)
+    logger = logger or MetricsLogger()
+    device = next(policy.parameters()).device
+    ref = make_reference(policy, cfg, ref_model)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99), eps=cfg.adam_eps, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: min(1.0, (n + 1) / (cfg.warmup_steps + 1)))
+    B, G = cfg.prompts_per_step, cfg.group_size
+    order, cursor = torch.randperm(len(prompts), generator=g).tolist(), 0
+    t0 = time.time()
+
+    def evaluate(step: int) -> None:
+        if eval_fn is not None:
+            logger.log({"step": step, **{f"eval/{k}": v for k, v in eval_fn(policy).items()},
+                        "time": time.time() - t0})
+
+    evaluate(0)
+    for step in range(1, cfg.steps + 1):
+        kept_rollouts, kept_rewards, kept_adv, sampled_metrics = [], [], [], []
+        for _ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
+            # 1. a batch of B prompts, each repeated G times (a group is G adjacent rows)
+            if cursor + B > len(prompts):
+                order, cursor = torch.randperm(len(prompts), generator=g).tolist(), 0
+            batch = [prompts[i] for i in order[cursor: cursor + B]]
+            cursor += B
+            group_prompts = [p for p in batch for _ in range(G)]  # (B * G,)
+            ids, pmask = encode_prompts(tokenizer, group_prompts)
+            policy.eval()
+            rollout = sample(policy, ids.to(device), pmask.to(device), cfg.max_new_tokens,
+                             tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.temperature,
+                             generator=g)
+            completions = decode_completions(tokenizer, rollout)
+            lengths = rollout.completion_mask.sum(-1).cpu()  # (B * G,) tokens, EOS included
+            # 2. verifiable rewards (+ DAPO's overlong punishment), checked finite before anything else
+            rewards, reward_means = score(group_prompts, completions, reward_fns, cfg.reward_weights)
+            if cfg.overlong_cache > 0:
+                rewards = rewards + overlong_penalty(lengths, cfg.overlong_max_len or cfg.max_new_tokens,
+                                                     cfg.overlong_cache)
+            rewards = rewards.view(B, G)  # (B, G)
+            keep = dynamic_sampling_filter(rewards)  # (B,)
+            sampled_metrics.append({"reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
+                                    "frac_reward_zero_std": 1.0 - keep.float().mean().item(),
+                                    "completion_length/mean": lengths.float().mean().item(),
+                                    "completion_length/max": lengths.max().item(),
+                                    "completion/ended": rollout.ended.float().mean().item(), **reward_means})
+            # 3. group-relative advantages (computed per group, so filtering cannot change them)
+            advantages = compute_advantages(rewards, cfg)  # (B, G)
+            if not cfg.dynamic_sampling:
+                keep = torch.ones_like(keep)
+            rows = keep.repeat_interleave(G).nonzero().flatten()  # rows of the kept groups
+            if len(rows):
+                kept_rollouts.append(Rollout(rollout.input_ids[rows], rollout.attention_mask[rows],
+                                             rollout.completion_mask[rows], rollout.prompt_length,
+                                             rollout.ended[rows]))
+                kept_adv.append(advantages[keep].flatten())
+                kept_rewards.append(rewards[keep])
+            # DAPO: keep sampling until the batch holds B informative groups
+            if sum(len(a) for a in kept_adv) >= B * G:
+                break
+        n_kept = sum(len(a) for a in kept_adv)
+        row = {"step": step, **{k: sum(m[k] for m in sampled_metrics) / len(sampled_metrics)
+                                for k in sampled_metrics[0]},
+               "sampling_rounds": len(sampled_metrics), "groups_trained": n_kept // G}
+        if n_kept == 0:  # every group had zero variance: nothing to learn from this step
+            logger.log({**row, "time": time.time() - t0})
+            continue
+        ro = concat_rollouts(kept_rollouts, tokenizer.pad_token_id)
+        input_ids, attn = ro.input_ids[: B * G], ro.attention_mask[: B * G]  # (N, T)
+        mask = ro.completion_mask[: B * G].float()  # (N, T)
+        advantages = torch.cat(kept_adv)[: B * G].to(device)  # (N,)
+        check_finite("advantages", advantages)
+        # 4. log-probs of the sampling policy (pi_old) and of the reference, no gradient
+        with torch.no_grad():
+            old_logp = token_logprobs(policy, input_ids, attn, cfg.temperature)  # (N, T)
+            ref_logp = token_logprobs(ref, input_ids, attn, cfg.temperature) if ref is not None else None
+        # 5. mu updates on the same rollouts: the clipped surrogate (+ beta * KL), aggregated
+        policy.train()
+        for update in range(cfg.mu):
+            logp, entropy = token_logprobs(policy, input_ids, attn, cfg.temperature, with_entropy=True)
+            loss, metrics = grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg)
+            check_finite("GRPO loss", loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            if update == 0:  # on-policy: must be exactly 1 (a test pins it)
+                row["policy/ratio_max_dev_first_update"] = metrics["policy/ratio_max_dev"].item()
+                row["entropy"] = rl.masked_mean(entropy.detach(), mask).item()
+        # 6. log the last update's metrics (clip ratios, KL) with the rollout statistics
+        logger.log({**row, **{k: v.item() for k, v in metrics.items()}, "loss": loss.item(),
+                    "grad_norm": grad_norm.item(), "time": time.time() - t0})
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            evaluate(step)
+    policy.eval()
+    return logger

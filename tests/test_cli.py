@@ -1,0 +1,99 @@
+"""The command line on tiny budgets, with a model saved to a temporary folder (as a user's local
+or hub model would be) and small local files in each dataset format users bring."""
+
+import json
+
+import pytest
+import torch
+
+from minirlhf.cli import main
+from minirlhf.models import ScalarHeadModel
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, tok, tiny_model):
+    monkeypatch.chdir(tmp_path)  # runs/ goes here
+    tiny_model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    ScalarHeadModel(tiny_model).save_pretrained(tmp_path / "tiny-rm")
+    tok.save_pretrained(tmp_path / "tiny-rm")
+    return tmp_path
+
+
+def run(capsys, argv):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    return json.loads(out[out.index("{"):])
+
+
+def test_sft_on_conversational_messages(workdir, capsys):
+    data = write_jsonl(workdir / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+        {"messages": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]}])
+    s = run(capsys, ["sft", "--model", str(workdir / "tiny"), "--dataset", data, "--steps", "2",
+                     "--batch-size", "2", "--name", "t"])
+    assert s["examples"] == 2 and s["steps"] == 2
+    assert (workdir / "runs/t/model/model.safetensors").exists()
+    assert len((workdir / "runs/t/metrics.jsonl").read_text().splitlines()) >= 1
+
+
+def test_rm_on_explicit_prompt_pairs_with_yaml_preset(workdir, capsys):
+    data = write_jsonl(workdir / "prefs.jsonl", [
+        {"prompt": "the film was", "chosen": " great .", "rejected": " awful ."},
+        {"prompt": "it is", "chosen": " fun .", "rejected": " dull ."}])
+    (workdir / "rm.yaml").write_text("steps: 2\nbatch_size: 2\n")
+    s = run(capsys, ["rm", "--preset", str(workdir / "rm.yaml"), "--model", str(workdir / "tiny"),
+                     "--dataset", data])
+    assert s["pairs"] == 2 and s["steps"] == 2
+    assert (workdir / "runs/rm/model/scalar_head.safetensors").exists()
+
+
+def test_dpo_on_hh_style_implicit_prompts(workdir, capsys):
+    data = write_jsonl(workdir / "hh.jsonl", [
+        {"chosen": "\n\nHuman: hi\n\nAssistant: hello there", "rejected": "\n\nHuman: hi\n\nAssistant: go away"},
+        {"chosen": "\n\nHuman: 1+1\n\nAssistant: 2", "rejected": "\n\nHuman: 1+1\n\nAssistant: 3"}])
+    s = run(capsys, ["dpo", "--model", str(workdir / "tiny"), "--dataset", data, "--steps", "2",
+                     "--batch-size", "2", "--loss-type", "ipo"])
+    assert s["method"].startswith("ipo") and s["steps"] == 2
+
+
+def test_ppo_with_a_local_reward_model(workdir, capsys):
+    data = write_jsonl(workdir / "prefs.jsonl", [
+        {"prompt": [{"role": "user", "content": f"say hi {i}"}], "chosen": [{"role": "assistant", "content": "hi"}],
+         "rejected": [{"role": "assistant", "content": "no"}]} for i in range(4)])
+    s = run(capsys, ["ppo", "--model", str(workdir / "tiny"), "--reward-model", str(workdir / "tiny-rm"),
+                     "--dataset", data, "--steps", "1", "--batch-size", "4", "--mini-batch-size", "2",
+                     "--max-new-tokens", "6", "--norm-samples", "4"])
+    assert s["steps"] == 1
+
+
+def test_grpo_on_gsm8k_style_rows(workdir, capsys):
+    data = write_jsonl(workdir / "gsm.jsonl", [
+        {"question": "Tom has 2 apples and buys 3. How many?", "answer": "2+3=5\n#### 5"},
+        {"question": "Ann has 4 pens and loses 1. How many?", "answer": "4-1=3\n#### 3"}])
+    s = run(capsys, ["grpo", "--model", str(workdir / "tiny"), "--dataset", data, "--steps", "1",
+                     "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "6",
+                     "--variant", "rloo"])
+    assert s["method"] == "rloo"
+
+
+def test_bad_rows_name_file_row_and_field(workdir, capsys):
+    data = write_jsonl(workdir / "bad.jsonl", [
+        {"prompt": "a", "chosen": " b", "rejected": " c"},
+        {"prompt": "a", "chosen": " same", "rejected": " same"}])
+    with pytest.raises(ValueError, match=r"bad\.jsonl.*row 1.*(chosen|rejected)"):
+        main(["rm", "--model", str(workdir / "tiny"), "--dataset", data, "--steps", "1"])
+    s = run(capsys, ["rm", "--model", str(workdir / "tiny"), "--dataset", data, "--steps", "1",
+                     "--batch-size", "1", "--drop-invalid"])
+    assert s["pairs"] == 1
+
+
+def test_unknown_preset_field_is_an_error(workdir):
+    (workdir / "bad.yaml").write_text("stepz: 3\n")
+    with pytest.raises(SystemExit, match="stepz"):
+        main(["sft", "--preset", str(workdir / "bad.yaml")])
