@@ -185,7 +185,7 @@ def _run_sft(args: argparse.Namespace, cfg) -> dict:
 
 
 def _register_builtin() -> None:
-    from . import commands
+    from . import baselines, commands
     from .dpo import DPOConfig
     from .grpo import GRPOConfig
     from .ppo import PPOConfig
@@ -200,6 +200,8 @@ def _register_builtin() -> None:
         "dpo": Command(DPOConfig, commands.run_dpo, "DPO and its variants (--loss-type)", commands.dpo_args),
         "grpo": Command(GRPOConfig, commands.run_grpo, "GRPO and its variants (--variant) on verifiable rewards",
                         commands.grpo_args),
+        "baselines": Command(baselines.BaselinesConfig, baselines.run_baselines,
+                             "every method on the built-in world, one table", baselines.baselines_args),
     }
     for name, cmd in builtin.items():
         COMMANDS.setdefault(name, cmd)

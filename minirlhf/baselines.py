@@ -1,0 +1,164 @@
+"""`minirlhf baselines`: every method on the built-in world, one table.
+
+Each row is one method run from the shipped checkpoints with a small CPU budget, evaluated the
+same way as its siblings:
+
+* reviews (preference world): gold reward and sequence KL(pi || review-sft) of one sample per
+  held-out prompt (notebooks 02-04 go deeper);
+* arithmetic (verifiable world): greedy accuracy on held-out chains, in and out of
+  distribution, and KL(pi || arith-sft) (notebooks 05-06);
+* 2-D points (diffusion world): fraction of samples in the target box and path KL to the
+  base model (notebook 07).
+
+The budgets are the CPU presets in the method configs, shortened; they show each method
+moving, not its best result. Results go to runs/baselines/ (table.md, results.json, plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .commands import REVIEW_EVAL_PROMPTS, _review_eval, sequence_kl
+
+
+@dataclass
+class BaselinesConfig:
+    """What `minirlhf baselines` runs."""
+
+    only: str = ""
+    """Comma-separated subset of rows to run (empty: all), e.g. "sft,dpo"."""
+    seed: int = 0
+    """Seed for every run."""
+
+
+def _review_rows(seed: int) -> dict[str, dict]:
+    from .dpo import DPOConfig, train_dpo
+    from .models import ScalarHeadModel, load_model, load_tokenizer
+    from .ppo import PPOConfig, train_ppo
+    from .reward_model import RewardModelScorer, best_of_n
+    from .worlds import reviews
+    from .zoo import load_split
+
+    tok = load_tokenizer()
+    ref = load_model("review-sft").eval()
+    rm = ScalarHeadModel.from_pretrained("review-rm").eval()
+    prefs = load_split("reviews", "prefs_train")
+    prompts = sorted({r["prompt"] for r in prefs})
+    held_out = [r["prompt"] for r in load_split("reviews", "prompts_test")][:REVIEW_EVAL_PROMPTS]
+
+    def sft():
+        return _review_eval(ref, ref, tok)
+
+    def bon16():
+        out = best_of_n(ref, tok, held_out, 16, RewardModelScorer(rm, tok), max_new_tokens=64,
+                        generator=torch.Generator().manual_seed(seed))
+        n = 16  # KL of best-of-n (Stiennon et al., 2020): log n - (n - 1) / n
+        return {"gold_reward": round(sum(reviews.gold_rewards(held_out, out["completions"])) / len(held_out), 4),
+                "kl": round(float(torch.log(torch.tensor(n)) - (n - 1) / n), 4)}
+
+    def ppo():
+        policy = load_model("review-sft")
+        _, policy = train_ppo(policy, tok, prompts, rm, PPOConfig(seed=seed), ref_model=ref)
+        return _review_eval(policy.eval(), ref, tok)
+
+    def dpo(loss_type):
+        def run():
+            policy = load_model("review-sft")
+            train_dpo(policy, tok, prefs[:2000], DPOConfig(loss_type=loss_type, seed=seed), ref_model=ref)
+            return _review_eval(policy.eval(), ref, tok)
+        return run
+
+    return {"SFT (review-sft)": sft, "best-of-16 (review-rm)": bon16, "PPO": ppo,
+            "DPO": dpo("dpo"), "IPO": dpo("ipo"), "SimPO": dpo("simpo")}
+
+
+def _arith_rows(seed: int) -> dict[str, dict]:
+    from . import grpo
+    from .evaluate import eval_arithmetic
+    from .models import load_model, load_tokenizer
+    from .worlds import arithmetic
+    from .zoo import load_split
+
+    tok = load_tokenizer()
+    ref = load_model("arith-sft").eval()
+    train_prompts = [r["prompt"] for r in load_split("arithmetic", "train")]
+    test, ood = load_split("arithmetic", "test")[:200], load_split("arithmetic", "test_ood")[:200]
+
+    def evaluate(policy):
+        return {"accuracy": eval_arithmetic(policy, tok, test)["accuracy"],
+                "accuracy_ood": eval_arithmetic(policy, tok, ood)["accuracy"],
+                **sequence_kl(policy, ref, tok, [r["prompt"] for r in test])}
+
+    def variant(name):
+        def run():
+            policy = load_model("arith-sft")
+            grpo.train_grpo(policy, tok, train_prompts, [arithmetic.arithmetic_reward],
+                            grpo.preset(name, seed=seed, eval_every=0))
+            return evaluate(policy.eval())
+        return run
+
+    return {"SFT (arith-sft)": lambda: evaluate(ref), "GRPO": variant("grpo"), "Dr. GRPO": variant("dr_grpo"),
+            "DAPO": variant("dapo"), "RLOO": variant("rloo")}
+
+
+def _diffusion_rows(seed: int) -> dict[str, dict]:
+    from .diffusion import (DDPOConfig, FlowGRPOConfig, evaluate_policy, frozen_copy, load_diffusion_model,
+                            train_ddpo, train_flow_grpo)
+    from .diffusion.rewards import box_reward
+
+    def run(model_name, train, cfg):
+        def go():
+            torch.manual_seed(seed)
+            policy = load_diffusion_model(model_name)
+            ref = frozen_copy(policy)
+            before = evaluate_policy(policy, ref, {"box": box_reward})["reward/box"]
+            if train is not None:
+                train(policy, box_reward, cfg)
+            m = evaluate_policy(policy, ref, {"box": box_reward})
+            return {"box_reward_before": round(before, 4), "box_reward": round(m["reward/box"], 4),
+                    "kl": round(m["kl"], 4)}
+        return go
+
+    return {"diffusion: base DDPM": run("diffusion-points-ddpm", None, None),
+            "diffusion: DDPO_IS": run("diffusion-points-ddpm", train_ddpo, DDPOConfig(iterations=30, lr=3e-4)),
+            "diffusion: Flow-GRPO": run("diffusion-points-flow", train_flow_grpo, FlowGRPOConfig(iterations=30))}
+
+
+def _table(results: dict[str, dict]) -> str:
+    cols = ["gold_reward", "accuracy", "accuracy_ood", "box_reward", "kl", "seconds"]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in results.items():
+        cells = [("" if r.get(c) is None else f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def baselines_args(p: argparse.ArgumentParser) -> None:
+    return None
+
+
+def run_baselines(args, cfg: BaselinesConfig) -> dict:
+    from .cli import run_dir
+
+    torch.manual_seed(cfg.seed)
+    rows = {**_review_rows(cfg.seed), **_arith_rows(cfg.seed), **_diffusion_rows(cfg.seed)}
+    wanted = [w.strip().lower() for w in cfg.only.split(",") if w.strip()]
+    results, t_all = {}, time.time()
+    for name, fn in rows.items():
+        if wanted and not any(w in name.lower() for w in wanted):
+            continue
+        t0 = time.time()
+        print(f"[baselines] {name} ...", flush=True)
+        results[name] = {**fn(), "seconds": round(time.time() - t0, 1)}
+        print(f"[baselines] {name}: {results[name]}", flush=True)
+    out = run_dir(args.name or "baselines")
+    table = _table(results)
+    (out / "table.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(table)
+    return {"rows": len(results), "minutes": round((time.time() - t_all) / 60, 1), "run_dir": str(out)}
