@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from .utils import MetricsLogger, config_to_dict
+from .utils import MetricsLogger
 
 
 @dataclass
@@ -150,8 +150,11 @@ def _run_sft(args: argparse.Namespace, cfg) -> dict:
     from .zoo import load_split, new_tiny_model
 
     dataset = args.dataset or "arithmetic"
-    tok = load_tokenizer(args.model or "tokenizer")
-    model = load_model(args.model) if args.model else new_tiny_model(tok)
+    from .utils import get_device
+
+    tok = load_tokenizer(args.model or "tokenizer", trust_remote_code=args.trust_remote_code)
+    model = (load_model(args.model, trust_remote_code=args.trust_remote_code) if args.model
+             else new_tiny_model(tok)).to(get_device(args.device))
     if dataset in ("arithmetic", "reviews"):
         rows = load_split(dataset, "train" if dataset == "arithmetic" else "sft")
     else:
@@ -215,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         p.add_argument("--preset", default=None, help="YAML file of config fields (flags override it)")
         p.add_argument("--name", default=None, help="run name: outputs go to runs/<name>/")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+        p.add_argument("--trust-remote-code", action="store_true",
+                       help="allow a hub model's own Python code (off by default: it runs arbitrary code)")
         if cmd.add_args:
             cmd.add_args(p)
         add_config_args(p, cmd.config_cls)

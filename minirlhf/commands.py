@@ -31,6 +31,19 @@ def _common(p: argparse.ArgumentParser, model: str, dataset: str) -> None:
                    help="drop malformed dataset rows (their count is reported) instead of stopping")
 
 
+def _device(args) -> torch.device:
+    from .utils import get_device
+
+    return get_device(getattr(args, "device", None))
+
+
+def _load(args, name: str):
+    """A causal LM on the run's device (trust_remote_code only when the user passed it)."""
+    from .models import load_model
+
+    return load_model(name, device=_device(args), trust_remote_code=getattr(args, "trust_remote_code", False))
+
+
 def _finish(args, name: str, log: MetricsLogger, summary: dict, model=None, tok=None, plot_keys=()) -> dict:
     from .cli import plot_metrics, run_dir
 
@@ -98,7 +111,7 @@ def run_rm(args, cfg) -> dict:
 
     model_name = args.model or "review-sft"
     tok = load_tokenizer(model_name if args.model else "tokenizer")
-    rm = ScalarHeadModel.from_causal_lm(model_name)
+    rm = ScalarHeadModel.from_causal_lm(model_name, trust_remote_code=args.trust_remote_code).to(_device(args))
     rows = _preference_rows(args, tok)
     t0 = time.time()
     log = train_reward_model(rm, tok, rows, cfg, progress=True)
@@ -121,14 +134,15 @@ def ppo_args(p):
 
 
 def run_ppo(args, cfg) -> dict:
-    from .models import ScalarHeadModel, load_model, load_tokenizer
+    from .models import ScalarHeadModel, load_tokenizer
     from .ppo import train_ppo
     from .worlds import reviews
 
     model_name = args.model or "review-sft"
     tok = load_tokenizer(model_name if args.model else "tokenizer")
-    policy, ref = load_model(model_name), load_model(model_name).eval()
-    rm = ScalarHeadModel.from_pretrained(args.reward_model).eval()
+    policy, ref = _load(args, model_name), _load(args, model_name).eval()
+    rm = ScalarHeadModel.from_pretrained(args.reward_model, trust_remote_code=args.trust_remote_code)
+    rm = rm.to(_device(args)).eval()
     rows = _preference_rows(args, tok)
     prompts = sorted({r["prompt"] for r in rows})
     builtin = args.dataset is None
@@ -153,11 +167,11 @@ def dpo_args(p):
 
 def run_dpo(args, cfg) -> dict:
     from .dpo import train_dpo
-    from .models import load_model, load_tokenizer
+    from .models import load_tokenizer
 
     model_name = args.model or "review-sft"
     tok = load_tokenizer(model_name if args.model else "tokenizer")
-    policy, ref = load_model(model_name), load_model(model_name).eval()
+    policy, ref = _load(args, model_name), _load(args, model_name).eval()
     rows = _preference_rows(args, tok)
     t0 = time.time()
     log = train_dpo(policy, tok, rows, cfg, ref_model=ref)
@@ -183,13 +197,13 @@ def grpo_args(p):
 def run_grpo(args, cfg) -> dict:
     from . import grpo
     from .evaluate import eval_arithmetic
-    from .models import load_model, load_tokenizer
+    from .models import load_tokenizer
     from .worlds import arithmetic
     from .zoo import load_split
 
     model_name = args.model or "arith-sft"
     tok = load_tokenizer(model_name if args.model else "tokenizer")
-    policy = load_model(model_name)
+    policy = _load(args, model_name)
     cfg = grpo.preset(cfg.variant, **{k: v for k, v in vars(cfg).items() if k != "variant"
                                       and getattr(args, k, None) is not None})
     if args.dataset is None:
@@ -215,6 +229,6 @@ def run_grpo(args, cfg) -> dict:
         ood = load_split("arithmetic", "test_ood")[:ARITH_EVAL_ROWS]
         summary.update({"accuracy_before": before, "accuracy": eval_arithmetic(policy, tok, test)["accuracy"],
                         "accuracy_ood": eval_arithmetic(policy, tok, ood)["accuracy"],
-                        **sequence_kl(policy, load_model(model_name).eval(), tok, [r["prompt"] for r in test])})
+                        **sequence_kl(policy, _load(args, model_name).eval(), tok, [r["prompt"] for r in test])})
     return _finish(args, "grpo", log, summary, policy, tok, ["reward/mean", "entropy", "completion_length/mean"])
 

@@ -4,7 +4,6 @@ or hub model would be) and small local files in each dataset format users bring.
 import json
 
 import pytest
-import torch
 
 from minirlhf.cli import main
 from minirlhf.models import ScalarHeadModel
@@ -97,3 +96,23 @@ def test_unknown_preset_field_is_an_error(workdir):
     (workdir / "bad.yaml").write_text("stepz: 3\n")
     with pytest.raises(SystemExit, match="stepz"):
         main(["sft", "--preset", str(workdir / "bad.yaml")])
+
+
+def test_every_shipped_preset_parses_into_its_config():
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    from minirlhf.cli import COMMANDS, _register_builtin, build_config
+
+    _register_builtin()
+    presets = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert len(presets) >= 8
+    for path in presets:
+        method = path.stem.split("_")[0]
+        args = argparse.Namespace(preset=str(path), model=None, dataset=None, name=None)
+        cfg = build_config(COMMANDS[method].config_cls, args)
+        for key, value in yaml.safe_load(path.read_text()).items():
+            if key not in ("model", "dataset", "name"):
+                assert getattr(cfg, key) == value, (path, key)
