@@ -48,7 +48,7 @@ def _review_rows(seed: int) -> dict[str, dict]:
     ref = load_model("review-sft").eval()
     rm = ScalarHeadModel.from_pretrained("review-rm").eval()
     prefs = load_split("reviews", "prefs_train")
-    prompts = sorted({r["prompt"] for r in prefs})
+    prompts = [r["prompt"] for r in prefs]  # 21 distinct prompts, repeated: PPO samples batches of them
     held_out = [r["prompt"] for r in load_split("reviews", "prompts_test")][:REVIEW_EVAL_PROMPTS]
 
     def sft():

@@ -144,7 +144,7 @@ def run_ppo(args, cfg) -> dict:
     rm = ScalarHeadModel.from_pretrained(args.reward_model, trust_remote_code=args.trust_remote_code)
     rm = rm.to(_device(args)).eval()
     rows = _preference_rows(args, tok)
-    prompts = sorted({r["prompt"] for r in rows})
+    prompts = [r["prompt"] for r in rows]  # repeats kept: they weight prompts as the data does
     builtin = args.dataset is None
     t0 = time.time()
     log, policy = train_ppo(policy, tok, prompts, rm, cfg, ref_model=ref,

@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[dev,notebooks,kernels]"
-python -m minirlhf sft "$@"
+python -m minirlhf baselines "$@"
