@@ -59,17 +59,17 @@ class GRPOConfig:
 
     variant: str = "grpo"
     """Name of the paper preset this config came from (for logs); `preset()` sets the fields below."""
-    steps: int = 60
+    steps: int = 40
     """Training steps; one step = one batch of rollouts followed by `mu` updates."""
     prompts_per_step: int = 16
     """Prompts per rollout batch (B); the batch holds B * G completions."""
     group_size: int = 8
     """G: completions sampled per prompt."""
-    mu: int = 2
+    mu: int = 1
     """Gradient updates per batch of rollouts (GRPO's mu); > 1 makes the clip matter."""
-    lr: float = 3e-5
-    """AdamW learning rate (constant). arith-sft is fragile: one Adam step at 1e-4 already moves k3 to ~0.4."""
-    warmup_steps: int = 0
+    lr: float = 3e-4
+    """AdamW peak learning rate (constant after warmup); on arith-sft 1e-3 and above collapses."""
+    warmup_steps: int = 10
     """Linear lr warmup over this many optimizer updates; Adam's first updates are sign-like (size lr on every weight)."""
     adam_eps: float = 1e-8
     """AdamW eps; larger values damp the sign-like updates of weights whose gradient is only noise."""
@@ -366,6 +366,7 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
             ref_logp = token_logprobs(ref, input_ids, attn, cfg.temperature) if ref is not None else None
         # 5. mu updates on the same rollouts: the clipped surrogate (+ beta * KL), aggregated
         policy.train()
+        row["lr"] = opt.param_groups[0]["lr"]  # after warmup: cfg.lr
         for update in range(cfg.mu):
             logp, entropy = token_logprobs(policy, input_ids, attn, cfg.temperature, with_entropy=True)
             loss, metrics = grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg)

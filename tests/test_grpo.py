@@ -214,3 +214,17 @@ def test_nan_reward_raises_before_any_update(tok):
         train_grpo(model, tok, PROMPTS, [bad_reward], preset("grpo", steps=1, prompts_per_step=2,
                                                               group_size=2, max_new_tokens=8))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_lr_warmup_makes_the_first_adam_step_small(tok):
+    # Adam's first step is lr * g / |g| (bias-corrected), so with warmup over W updates every
+    # weight with a non-negligible gradient moves by exactly lr / (W + 1).
+    model = tiny_model(tok)
+    before = [p.detach().clone() for p in model.parameters()]
+    distinct_chars = lambda ps, cs: [float(len(set(c))) for c in cs]  # noqa: E731  (groups differ)
+    cfg = preset("dr_grpo", steps=1, prompts_per_step=2, group_size=4, mu=1, max_new_tokens=12,
+                 lr=1e-2, warmup_steps=3, eval_every=0)
+    log = train_grpo(model, tok, PROMPTS, [distinct_chars], cfg)
+    step = max((p.detach() - b).abs().max().item() for p, b in zip(model.parameters(), before))
+    assert step == pytest.approx(1e-2 / 4, rel=1e-3)
+    assert log.rows[-1]["lr"] == pytest.approx(1e-2 / 4)
