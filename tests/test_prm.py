@@ -7,11 +7,12 @@ import torch
 
 from minirlhf.lm import encode_pairs, token_logprobs
 from minirlhf.models import ScalarHeadModel, load_tokenizer
-from minirlhf.prm import (DenseRLConfig, VerifierConfig, aggregate_steps, auc, step_auc, best_of_n, best_of_n_curve, check_prm_row,
-                          dense_advantages, encode_steps, gather_steps, gold_step_labels, implicit_prm_loss,
+from minirlhf.prm_rl import DenseRLConfig, dense_advantages, process_returns, train_dense_rl
+from minirlhf.prm import (VerifierConfig, aggregate_steps, auc, step_auc, best_of_n, best_of_n_curve, check_prm_row,
+                          encode_steps, gather_steps, gold_step_labels, implicit_prm_loss,
                           implicit_step_rewards, majority_vote, monte_carlo_labels, orm_loss, prm_loss,
-                          process_returns, scatter_steps, split_into_steps, step_boundary_mask, to_prm_rows,
-                          train_dense_rl, train_verifier)
+                          scatter_steps, split_into_steps, step_boundary_mask, to_prm_rows,
+                          train_verifier)
 from minirlhf.worlds.arithmetic import check_chain
 from minirlhf.zoo import new_tiny_model
 
