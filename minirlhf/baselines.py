@@ -16,7 +16,6 @@ moving, not its best result. Results go to runs/baselines/ (table.md, results.js
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -136,10 +135,6 @@ def _table(results: dict[str, dict]) -> str:
         cells = [("" if r.get(c) is None else f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def baselines_args(p: argparse.ArgumentParser) -> None:
-    return None
 
 
 def run_baselines(args, cfg: BaselinesConfig) -> dict:

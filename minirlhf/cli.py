@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,64 +128,6 @@ def plot_metrics(log: MetricsLogger, keys: list[str], path: Path, x: str = "step
     plt.close(fig)
 
 
-# ---------------------------------------------------------------------------------------------
-# sft
-# ---------------------------------------------------------------------------------------------
-
-
-def _sft_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="hub name or local path of a causal LM; default: a new tiny Llama from scratch")
-    p.add_argument("--dataset", default=None,
-                   help="built-in world 'arithmetic' or 'reviews' (default arithmetic), or a JSON/JSONL/Parquet "
-                        "file of prompt/completion or messages rows")
-    p.add_argument("--eval-every", type=int, default=100, help="evaluate every this many steps (built-in worlds)")
-
-
-def _run_sft(args: argparse.Namespace, cfg) -> dict:
-    from .evaluate import eval_arithmetic
-    from .models import count_parameters, load_model, load_tokenizer
-    from .sft import train_sft
-    from .zoo import load_split, new_tiny_model
-
-    dataset = args.dataset or "arithmetic"
-    from .utils import get_device
-
-    tok = load_tokenizer(args.model or "tokenizer", trust_remote_code=args.trust_remote_code)
-    model = (load_model(args.model, trust_remote_code=args.trust_remote_code) if args.model
-             else new_tiny_model(tok)).to(get_device(args.device))
-    if dataset in ("arithmetic", "reviews"):
-        rows = load_split(dataset, "train" if dataset == "arithmetic" else "sft")
-    else:
-        from . import data
-
-        rows = data.load_completions(dataset, tokenizer=tok, max_length=cfg.max_length)
-    eval_fn = None
-    if dataset == "arithmetic":
-        test = load_split("arithmetic", "test")[:200]
-        eval_fn = lambda m: {"test_accuracy": eval_arithmetic(m, tok, test)["accuracy"]}  # noqa: E731
-    out = run_dir(args.name or "sft")
-    log = MetricsLogger(out / "metrics.jsonl")
-    t0 = time.time()
-    train_sft(model, tok, rows, cfg, eval_fn=eval_fn, eval_every=args.eval_every if eval_fn else 0,
-              logger=log, progress=True)
-    seconds = time.time() - t0
-    model.save_pretrained(out / "model")
-    tok.save_pretrained(out / "model")
-    plot_metrics(log, ["loss", "test_accuracy"], out / "metrics.png")
-    summary = {"method": "sft", "model": args.model or "tiny Llama from scratch",
-               "parameters": count_parameters(model), "dataset": dataset, "examples": len(rows),
-               "steps": cfg.steps, "seconds": round(seconds, 1), "final_loss": round(log.series("loss")[-1], 4)}
-    if dataset == "arithmetic":
-        for split in ("test", "test_ood"):
-            m = eval_arithmetic(model, tok, load_split("arithmetic", split))
-            summary[f"{split}/accuracy"] = m["accuracy"]
-            summary[f"{split}/trace_accuracy"] = m["trace_accuracy"]
-    summary["run_dir"] = str(out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
 def _register_builtin() -> None:
     from . import baselines, commands
     from .dpo import DPOConfig
@@ -196,7 +137,7 @@ def _register_builtin() -> None:
     from .sft import SFTConfig
 
     builtin = {
-        "sft": Command(SFTConfig, _run_sft, "supervised fine-tuning (completion-only loss)", _sft_args),
+        "sft": Command(SFTConfig, commands.run_sft, "supervised fine-tuning (completion-only loss)", commands.sft_args),
         "rm": Command(RewardConfig, commands.run_rm, "Bradley-Terry reward model", commands.rm_args),
         "ppo": Command(PPOConfig, commands.run_ppo, "PPO against a reward model (InstructGPT-style)",
                        commands.ppo_args),
@@ -204,7 +145,7 @@ def _register_builtin() -> None:
         "grpo": Command(GRPOConfig, commands.run_grpo, "GRPO and its variants (--variant) on verifiable rewards",
                         commands.grpo_args),
         "baselines": Command(baselines.BaselinesConfig, baselines.run_baselines,
-                             "every method on the built-in world, one table", baselines.baselines_args),
+                             "every method on the built-in world, one table"),
     }
     for name, cmd in builtin.items():
         COMMANDS.setdefault(name, cmd)

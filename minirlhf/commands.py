@@ -89,10 +89,70 @@ def _preference_rows(args, tok, split: str = "prefs_train") -> list[dict]:
         return load_split("reviews", split)
     report: dict = {}
     rows = data.load_preferences(args.dataset, tokenizer=tok, drop_invalid=args.drop_invalid, report=report)
+    _report_dropped(report)
+    return rows
+
+
+def _report_dropped(report: dict) -> None:
     if report.get("n_dropped"):
         print(f"[data] {report['source']}: dropped {report['n_dropped']} of {report['n_rows']} invalid rows; "
               f"first: {report['errors'][0]}", file=sys.stderr)
-    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# sft
+# ---------------------------------------------------------------------------------------------
+
+
+def sft_args(p: argparse.ArgumentParser) -> None:
+    _common(p, "a new tiny Llama from scratch", "arithmetic; 'reviews' for the other world; a file holds "
+            "prompt/completion or messages rows")
+    p.add_argument("--eval-every", type=int, default=100, help="evaluate every this many steps (built-in worlds)")
+
+
+def run_sft(args: argparse.Namespace, cfg) -> dict:
+    from .cli import plot_metrics, run_dir
+    from .evaluate import eval_arithmetic
+    from .models import count_parameters, load_tokenizer
+    from .sft import train_sft
+    from .zoo import load_split, new_tiny_model
+
+    dataset = args.dataset or "arithmetic"
+    tok = load_tokenizer(args.model or "tokenizer", trust_remote_code=args.trust_remote_code)
+    model = _load(args, args.model) if args.model else new_tiny_model(tok).to(_device(args))
+    if dataset in ("arithmetic", "reviews"):
+        rows = load_split(dataset, "train" if dataset == "arithmetic" else "sft")
+    else:
+        from . import data
+
+        report: dict = {}
+        rows = data.load_completions(dataset, tokenizer=tok, max_length=cfg.max_length,
+                                     drop_invalid=args.drop_invalid, report=report)
+        _report_dropped(report)
+    eval_fn = None
+    if dataset == "arithmetic":
+        test = load_split("arithmetic", "test")[:200]
+        eval_fn = lambda m: {"test_accuracy": eval_arithmetic(m, tok, test)["accuracy"]}  # noqa: E731
+    out = run_dir(args.name or "sft")
+    log = MetricsLogger(out / "metrics.jsonl")
+    t0 = time.time()
+    train_sft(model, tok, rows, cfg, eval_fn=eval_fn, eval_every=args.eval_every if eval_fn else 0,
+              logger=log, progress=True)
+    seconds = time.time() - t0
+    model.save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
+    plot_metrics(log, ["loss", "test_accuracy"], out / "metrics.png")
+    summary = {"method": "sft", "model": args.model or "tiny Llama from scratch",
+               "parameters": count_parameters(model), "dataset": dataset, "examples": len(rows),
+               "steps": cfg.steps, "seconds": round(seconds, 1), "final_loss": round(log.series("loss")[-1], 4)}
+    if dataset == "arithmetic":
+        for split in ("test", "test_ood"):
+            m = eval_arithmetic(model, tok, load_split("arithmetic", split))
+            summary[f"{split}/accuracy"] = m["accuracy"]
+            summary[f"{split}/trace_accuracy"] = m["trace_accuracy"]
+    summary["run_dir"] = str(out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
