@@ -9,6 +9,12 @@ A checkpoint is a folder holding everything needed to continue as if nothing hap
 It is written to a temporary folder first and moved into place with `os.replace`, so a kill
 during the write leaves the previous checkpoint intact: there is never a half-written one.
 On CPU a resumed run reaches bit-identical weights and metrics (tests/test_checkpoint.py).
+
+Every trainer that checkpoints (SFT, reward model, DPO, GRPO) has the same three config fields,
+`checkpoint_dir`, `checkpoint_every` and `resume`, and the same two hooks in its loop:
+`resume_from(cfg, model, opt)` once before the first step, `checkpoint_due(cfg, steps_done)`
+after each update. What a trainer puts in `extra` is its data order: the permutation, the
+cursor into it and its torch.Generator state (GRPO adds its lr scheduler).
 """
 
 from __future__ import annotations
@@ -79,3 +85,20 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
         optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     return state["step"], state["extra"]
+
+
+def resume_from(cfg: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict[str, Any]]:
+    """(steps done, extra) restored from `cfg.checkpoint_dir` when `cfg.resume` is set and a
+    checkpoint is there; (0, {}) otherwise (a fresh start).
+
+    Call it after anything that copies the starting weights (a reference model), so the copy is
+    of the start and not of the checkpoint.
+    """
+    if not (cfg.resume and cfg.checkpoint_dir and (Path(cfg.checkpoint_dir) / "trainer_state.pt").exists()):
+        return 0, {}
+    return load_checkpoint(cfg.checkpoint_dir, model, optimizer)
+
+
+def checkpoint_due(cfg: Any, steps_done: int) -> bool:
+    """True when `cfg` asks for a checkpoint after `steps_done` optimizer steps."""
+    return bool(cfg.checkpoint_dir and cfg.checkpoint_every and steps_done % cfg.checkpoint_every == 0)

@@ -46,10 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .data import encode_preference_batch  # (2B, T): the B chosen rows, then the B rejected rows
 from .lm import token_logprobs
 from .rl import masked_sum
-from .utils import MetricsLogger, check_finite, set_seed
+from .utils import MetricsLogger, check_finite, dist_info, set_seed
 
 LOSS_TYPES = ("dpo", "cdpo", "ipo", "hinge", "simpo", "orpo", "kto")
 REFERENCE_FREE = ("simpo", "orpo")
@@ -96,6 +97,12 @@ class DPOConfig:
     """Log metrics every this many steps."""
     eval_every: int = 0
     """Run eval_fn every this many steps (0: only at the end, if eval_fn is given)."""
+    checkpoint_dir: str | None = None
+    """Folder for the resumable checkpoint (None: no checkpoints)."""
+    checkpoint_every: int = 0
+    """Write the checkpoint every this many steps (0: never)."""
+    resume: bool = False
+    """Continue from `checkpoint_dir` if a checkpoint is there."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,6 +288,12 @@ def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(),
     The reference is `ref_model`, or a frozen copy of `policy` as it is now when None. Rows that
     already carry "ref_chosen_logps"/"ref_rejected_logps" (from `precompute_reference_logps`)
     need no reference model at all. `eval_fn(policy) -> dict` runs every `cfg.eval_every` steps.
+
+    Under `torchrun` each rank takes its share of every batch of pairs and DDP averages the
+    gradients; each rank's mean loss is weighted by its share, so N processes make the update
+    of one (KTO's reference point z0 is then the mean over the rank's share). Logged metrics are
+    rank 0's share. With `cfg.checkpoint_dir` the run can be killed and resumed (`cfg.resume`)
+    to the same weights; the reference is always built from `policy` as passed in (the start).
     """
     if cfg.loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={cfg.loss_type!r}: expected one of {LOSS_TYPES}")
@@ -288,6 +301,7 @@ def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(),
     g = set_seed(cfg.seed)
     logger = logger or MetricsLogger()
     device = next(policy.parameters()).device
+    rank, world = dist_info()
     t0 = time.time()
 
     # 1. the reference: none (SimPO, ORPO), precomputed once for the whole dataset, or on the fly
@@ -304,16 +318,27 @@ def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(),
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     policy.train()
     order, cursor = torch.randperm(len(rows), generator=g), 0
-    for step in range(cfg.steps):
-        # 2. a batch of pairs (reshuffled at every epoch), chosen stacked above rejected: (2B, T)
+    start, extra = resume_from(cfg, policy, opt)  # after the reference: it copies the start
+    if start:
+        order, cursor = extra["order"], extra["cursor"]
+        g.set_state(extra["generator"])
+    ddp_policy = policy
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_policy = DistributedDataParallel(policy)
+    for step in range(start, cfg.steps):
+        # 2. a batch of pairs (reshuffled at every epoch), this rank's share of it,
+        #    chosen stacked above rejected: (2B, T)
         if cursor + cfg.batch_size > len(rows):
             order, cursor = torch.randperm(len(rows), generator=g), 0
-        chunk = [rows[i] for i in order[cursor: cursor + cfg.batch_size].tolist()]
+        full = [rows[i] for i in order[cursor: cursor + cfg.batch_size].tolist()]
         cursor += cfg.batch_size
+        chunk = full[rank::world]  # all of it on one process
         batch = {k: v.to(device) for k, v in encode_preference_batch(tokenizer, chunk, cfg.max_length).items()}
 
         # 3. policy log-probs, one forward pass over chosen and rejected together
-        logps = preference_logps(policy, batch)  # each (B,)
+        logps = preference_logps(ddp_policy, batch)  # each (B,)
 
         # 4. reference log-probs: read from the rows, or one no-grad pass
         ref = None
@@ -326,6 +351,8 @@ def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(),
 
         # 5. the loss of the chosen variant (+ the RPO term), checked before the update
         loss, metrics = preference_loss(cfg, logps, ref)
+        if world > 1:  # DDP averages over ranks: weight each rank's mean by its share of the batch
+            loss = loss * len(chunk) * world / len(full)
         check_finite(f"{cfg.loss_type} loss", loss)
 
         # 6. the update
@@ -336,6 +363,9 @@ def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(),
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         opt.step()
+        if rank == 0 and checkpoint_due(cfg, step + 1):
+            save_checkpoint(cfg.checkpoint_dir, policy, opt, step + 1,
+                            {"order": order, "cursor": cursor, "generator": g.get_state()})
 
         # 7. logging and evaluation
         if step % cfg.log_every == 0 or step == cfg.steps - 1:

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from . import rl
+from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .lm import Rollout, decode_completions, encode_prompts, sample, token_logprobs
 from .utils import MetricsLogger, check_finite, set_seed
 
@@ -109,6 +110,12 @@ class GRPOConfig:
     """Call eval_fn every this many steps (and before the first and after the last)."""
     seed: int = 0
     """Seed for prompt order and sampling."""
+    checkpoint_dir: str | None = None
+    """Folder for the resumable checkpoint (None: no checkpoints)."""
+    checkpoint_every: int = 0
+    """Write the checkpoint every this many steps (0: never)."""
+    resume: bool = False
+    """Continue from `checkpoint_dir` if a checkpoint is there."""
 
 
 PRESETS: dict[str, dict] = {
@@ -286,6 +293,9 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
 
     reward_fns: one `fn(prompts, completions) -> list[float]` or a list (weighted by
     cfg.reward_weights). eval_fn(model) -> dict is logged with an "eval/" prefix.
+    With `cfg.checkpoint_dir` the run can be killed and resumed (`cfg.resume`) to the same
+    weights: the checkpoint holds the prompt order, the sampling generator and the lr schedule.
+    Single-process only (no DDP).
     """
     reward_fns = reward_fns if isinstance(reward_fns, (list, tuple)) else [reward_fns]
     if not prompts:
@@ -298,6 +308,11 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: min(1.0, (n + 1) / (cfg.warmup_steps + 1)))
     B, G = cfg.prompts_per_step, cfg.group_size
     order, cursor = torch.randperm(len(prompts), generator=g).tolist(), 0
+    start, extra = resume_from(cfg, policy, opt)  # after make_reference: it copies the start
+    if start:
+        order, cursor = extra["order"].tolist(), extra["cursor"]
+        g.set_state(extra["generator"])
+        sched.load_state_dict(extra["scheduler"])
     t0 = time.time()
 
     def evaluate(step: int) -> None:
@@ -305,8 +320,15 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
             logger.log({"step": step, **{f"eval/{k}": v for k, v in eval_fn(policy).items()},
                         "time": time.time() - t0})
 
-    evaluate(0)
-    for step in range(1, cfg.steps + 1):
+    def checkpoint(step: int) -> None:
+        if checkpoint_due(cfg, step):
+            save_checkpoint(cfg.checkpoint_dir, policy, opt, step, {
+                "order": torch.tensor(order), "cursor": cursor, "generator": g.get_state(),
+                "scheduler": sched.state_dict()})
+
+    if not start:
+        evaluate(0)
+    for step in range(start + 1, cfg.steps + 1):
         kept_rollouts, kept_rewards, kept_adv, sampled_metrics = [], [], [], []
         for _ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
             # 1. a batch of B prompts, each repeated G times (a group is G adjacent rows)
@@ -354,6 +376,7 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
                "sampling_rounds": len(sampled_metrics), "groups_trained": n_kept // G}
         if n_kept == 0:  # every group had zero variance: nothing to learn from this step
             logger.log({**row, "time": time.time() - t0})
+            checkpoint(step)
             continue
         ro = concat_rollouts(kept_rollouts, tokenizer.pad_token_id)
         input_ids, attn = ro.input_ids[: B * G], ro.attention_mask[: B * G]  # (N, T)
@@ -384,5 +407,6 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
                     "grad_norm": grad_norm.item(), "time": time.time() - t0})
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             evaluate(step)
+        checkpoint(step)
     policy.eval()
     return logger

@@ -37,11 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .data import encode_preference_batch
 from .lm import encode_pairs, generate, last_token_index
 from .models import MODELS_DIR, ScalarHeadModel, count_parameters, load_tokenizer
 from .sft import SFTConfig, lr_at
-from .utils import MetricsLogger, check_finite, set_seed
+from .utils import MetricsLogger, check_finite, dist_info, set_seed
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -74,6 +75,12 @@ class RewardConfig:
     """Seed for data order."""
     log_every: int = 25
     """Log training metrics every this many steps."""
+    checkpoint_dir: str | None = None
+    """Folder for the resumable checkpoint (None: no checkpoints)."""
+    checkpoint_every: int = 0
+    """Write the checkpoint every this many steps (0: never)."""
+    resume: bool = False
+    """Continue from `checkpoint_dir` if a checkpoint is there."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,26 +244,44 @@ def train_reward_model(rm: ScalarHeadModel, tokenizer, rows: list[dict], cfg: Re
 
     Logged: loss, loss/bt, accuracy, rewards/chosen, rewards/rejected, rewards/margins (the
     names TRL uses), grad_norm, lr; every `eval_every` steps, eval/accuracy on `eval_rows`.
+
+    Under `torchrun` each rank takes its share of every batch of pairs and DDP averages the
+    gradients; each rank's mean loss is weighted by its share, so N processes make the update
+    of one. Logged metrics are rank 0's share. With `cfg.checkpoint_dir` the run can be killed
+    and resumed (`cfg.resume`) to the same weights.
     """
     g = set_seed(cfg.seed)
     logger = logger or MetricsLogger()
+    rank, world = dist_info()
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     schedule = SFTConfig(lr=cfg.lr, steps=cfg.steps, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio)
     rm.train()
     t0 = time.time()
     order, cursor = torch.randperm(len(rows), generator=g), 0
-    steps = range(cfg.steps)
-    if progress:
+    start, extra = resume_from(cfg, rm, opt)
+    if start:
+        order, cursor = extra["order"], extra["cursor"]
+        g.set_state(extra["generator"])
+    ddp_rm = rm
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_rm = DistributedDataParallel(rm)
+    steps = range(start, cfg.steps)
+    if progress and rank == 0:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="reward model")
     for step in steps:
-        # 1. a batch of preference pairs (reshuffled at every epoch)
+        # 1. a batch of preference pairs (reshuffled at every epoch); this rank's share of it
         if cursor + cfg.batch_size > len(rows):
             order, cursor = torch.randperm(len(rows), generator=g), 0
         batch_rows = [rows[i] for i in order[cursor: cursor + cfg.batch_size].tolist()]
         cursor += cfg.batch_size
+        local_rows = batch_rows[rank::world]
         # 2. rewards of chosen and rejected in one forward pass, Bradley-Terry loss (+ centering)
-        loss, metrics = reward_model_step(rm, tokenizer, batch_rows, cfg)
+        loss, metrics = reward_model_step(ddp_rm, tokenizer, local_rows, cfg)
+        if world > 1:  # DDP averages over ranks: weight each rank's mean by its share of the batch
+            loss = loss * len(local_rows) * world / len(batch_rows)
         check_finite("reward model loss", loss)
         # 3. the update
         lr = lr_at(step, schedule)
@@ -266,6 +291,9 @@ def train_reward_model(rm: ScalarHeadModel, tokenizer, rows: list[dict], cfg: Re
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.max_grad_norm)
         opt.step()
+        if rank == 0 and checkpoint_due(cfg, step + 1):
+            save_checkpoint(cfg.checkpoint_dir, rm, opt, step + 1,
+                            {"order": order, "cursor": cursor, "generator": g.get_state()})
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             logger.log({"step": step, **metrics, "grad_norm": grad_norm.item(), "lr": lr, "time": time.time() - t0})
         # 4. held-out pairwise accuracy now and then

@@ -18,12 +18,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .lm import encode_pairs, token_logprobs
 from .rl import masked_mean
 from .utils import MetricsLogger, check_finite, dist_info, set_seed
@@ -111,8 +110,8 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
     t0 = time.time()
     order = torch.randperm(len(rows), generator=g)
     cursor, start = 0, 0
-    if cfg.resume and cfg.checkpoint_dir and (Path(cfg.checkpoint_dir) / "trainer_state.pt").exists():
-        start, extra = load_checkpoint(cfg.checkpoint_dir, model, opt)
+    start, extra = resume_from(cfg, model, opt)
+    if start:
         order, cursor = extra["order"], extra["cursor"]
         g.set_state(extra["generator"])
         logger.rows[:] = [r for r in logger.rows if r.get("step", -1) < start]
@@ -154,7 +153,7 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
-        if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and rank == 0:
+        if rank == 0 and checkpoint_due(cfg, step + 1):
             save_checkpoint(cfg.checkpoint_dir, model, opt, step + 1,
                             {"order": order, "cursor": cursor, "generator": g.get_state()})
         if on_step is not None:

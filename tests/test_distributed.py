@@ -1,18 +1,23 @@
-"""Two CPU processes under DistributedDataParallel (gloo) train exactly like one process."""
+"""Two CPU processes under DistributedDataParallel (gloo) train exactly like one process:
+SFT, the reward model and DPO each split every batch between the ranks."""
 
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from minirlhf.models import load_tokenizer, tiny_llama_config
+from minirlhf.dpo import DPOConfig, train_dpo
+from minirlhf.models import ScalarHeadModel, load_tokenizer, tiny_llama_config
+from minirlhf.reward_model import RewardConfig, train_reward_model
 from minirlhf.sft import SFTConfig, train_sft
 
 ROWS = [{"prompt": f"{a} *{b}\n", "completion": f"{a}*{b}={(a * b) % 10}\n#### {(a * b) % 10}"}
         for a in range(10) for b in range(4)]
-CFG = SFTConfig(steps=6, batch_size=8, warmup_steps=2, log_every=1)
+PAIRS = [{"prompt": f"{a} *{b}\n", "chosen": f"{(a * b) % 10}", "rejected": f"{(a * b + 3) % 10}"}
+         for a in range(6) for b in range(3)]  # 18 pairs: batches of 5 (shares of 3 and 2) cross epochs
 
 
 def make_model(tok):
@@ -23,27 +28,45 @@ def make_model(tok):
                                               intermediate_size=64, pad_token_id=tok.pad_token_id))
 
 
-def _worker(rank, world, port, out):
+def sft(tok):
+    model = make_model(tok)
+    train_sft(model, tok, ROWS, SFTConfig(steps=6, batch_size=8, warmup_steps=2, log_every=1))
+    return model
+
+
+def reward_model(tok):
+    rm = ScalarHeadModel(make_model(tok))
+    train_reward_model(rm, tok, PAIRS, RewardConfig(steps=6, batch_size=5, warmup_steps=2, log_every=1))
+    return rm
+
+
+def dpo(tok):
+    policy = make_model(tok)
+    train_dpo(policy, tok, PAIRS, DPOConfig(steps=6, batch_size=5, warmup_steps=2, lr=1e-3, log_every=1))
+    return policy
+
+
+TRAINERS = {"sft": sft, "reward_model": reward_model, "dpo": dpo}
+
+
+def _worker(rank, world, port, name, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    tok = load_tokenizer()
-    model = make_model(tok)
-    train_sft(model, tok, ROWS, CFG)
+    model = TRAINERS[name](load_tokenizer())
     if rank == 0:
         torch.save({k: v.detach() for k, v in model.state_dict().items()}, out)
     dist.destroy_process_group()
 
 
-def test_two_processes_match_one(tmp_path):
-    tok = load_tokenizer()
-    single = make_model(tok)
-    train_sft(single, tok, ROWS, CFG)
+@pytest.mark.parametrize("name", list(TRAINERS))
+def test_two_processes_match_one(tmp_path, name):
+    single = TRAINERS[name](load_tokenizer())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "ddp.pt"
-    mp.spawn(_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, name, str(out)), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
     for k, v in single.state_dict().items():
         assert torch.allclose(v, ddp[k], atol=2e-5, rtol=1e-4), k
