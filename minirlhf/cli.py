@@ -3,6 +3,7 @@
     minirlhf sft                                # SFT a tiny model from scratch on the arithmetic world
     minirlhf sft --model Qwen/Qwen2.5-0.5B --dataset my.jsonl --steps 200 --lr 1e-5
     minirlhf sft --preset configs/sft_tiny.yaml --steps 100   # a YAML preset, flags override it
+    minirlhf dpo --checkpoint-dir runs/dpo/ckpt --checkpoint-every 20   # killed? the same line + --resume
 
 Every field of the method's config dataclass is a flag (`--batch-size 32`); `--preset` reads a
 YAML file of the same fields. Metrics go to `runs/<name>/metrics.jsonl` with a plot beside them,
@@ -46,8 +47,9 @@ def add_config_args(parser: argparse.ArgumentParser, config_cls: type) -> None:
     for f in dataclasses.fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
         typ = hints[f.name]
-        if typ is bool:
-            parser.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL", help=docs.get(f.name))
+        if typ is bool:  # `--resume` alone means true; `--packing false` says no
+            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, metavar="BOOL",
+                                help=docs.get(f.name))
         else:
             base = next((t for t in typing.get_args(typ) if t is not type(None)), typ)  # X | None -> X
             parser.add_argument(flag, type=base if base in (int, float, str) else str, default=None,
@@ -55,7 +57,8 @@ def add_config_args(parser: argparse.ArgumentParser, config_cls: type) -> None:
 
 
 def build_config(config_cls: type, args: argparse.Namespace):
-    """Defaults <- YAML preset <- command-line flags."""
+    """Defaults <- YAML preset <- command-line flags. The names of the fields the preset or the
+    flags set are left in `args.given_fields` (for runners that start from another default)."""
     values: dict[str, Any] = {}
     if getattr(args, "preset", None):
         import yaml
@@ -73,6 +76,7 @@ def build_config(config_cls: type, args: argparse.Namespace):
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
+    args.given_fields = sorted(values)
     return config_cls(**values)
 
 
@@ -85,19 +89,21 @@ def _parse_bool(s: str) -> bool:
 
 
 def _field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field (read from the source)."""
+    """The docstring under each dataclass field (read from the source), inherited fields included."""
     import ast
     import inspect
     import textwrap
 
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    body, docs = tree.body[0].body, {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    docs = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
     return docs
 
 
@@ -144,6 +150,11 @@ def _register_builtin() -> None:
         "dpo": Command(DPOConfig, commands.run_dpo, "DPO and its variants (--loss-type)", commands.dpo_args),
         "grpo": Command(GRPOConfig, commands.run_grpo, "GRPO and its variants (--variant) on verifiable rewards",
                         commands.grpo_args),
+        "prm": Command(commands.VerifierRunConfig, commands.run_prm,
+                       "a process (or outcome) reward model on arithmetic, judged by best-of-N", commands.prm_args),
+        "diffusion": Command(commands.DiffusionRunConfig, commands.run_diffusion,
+                             "RL for a diffusion/flow model (--method ddpo, draft, diffusion_dpo, flow_grpo)",
+                             commands.diffusion_args),
         "baselines": Command(baselines.BaselinesConfig, baselines.run_baselines,
                              "every method on the built-in world, one table"),
     }
