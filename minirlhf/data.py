@@ -15,6 +15,9 @@ serves the built-in character tokenizer and a real instruct model's tokenizer.
 
 Validation happens once, here, and every error names the source, the row and the field:
 a bad row is an error, or (with `drop_invalid=True`) it is dropped and counted, never silently.
+That includes bytes that are not UTF-8: a file holding them is read with Python's json module
+(`errors="surrogateescape"` keeps each bad byte as a lone surrogate), and the row whose field
+holds one is invalid like any other bad row.
 
     rows = load_preferences("prefs.jsonl", tokenizer)       # JSON / JSONL / Parquet via datasets
     batch = encode_preference_batch(tokenizer, rows[:8])     # 2B rows: chosen first, then rejected
@@ -22,7 +25,9 @@ a bad row is an error, or (with `drop_invalid=True`) it is dropped and counted, 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +38,7 @@ from .lm import encode_pairs
 
 ASSISTANT_TURN = "\n\nAssistant:"  # where HH-RLHF conversations hand over to the model
 ROLES = ("system", "user", "assistant", "tool")
+SURROGATE = re.compile("[\ud800-\udfff]")  # never in valid text; a byte that was not UTF-8 (surrogateescape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +220,49 @@ def check_max_length(tokenizer, rows: list[dict], max_length: int, fields: tuple
 
 
 # ---------------------------------------------------------------------------------------------
+# Text that is not UTF-8
+# ---------------------------------------------------------------------------------------------
+
+
+def _first_surrogate(value: Any) -> tuple[str, int] | None:
+    """(the string, the position) of the first lone surrogate in a string or nested list/dict."""
+    if isinstance(value, str):
+        m = SURROGATE.search(value)
+        return (m.group(), m.start()) if m else None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((hit for v in items if (hit := _first_surrogate(v)) is not None), None)
+
+
+def check_utf8(row: Any, source: str, index: int) -> None:
+    """ValueError naming the field whose text holds a byte that was not UTF-8 (or a lone surrogate)."""
+    if not isinstance(row, dict):
+        return
+    for field, value in row.items():
+        hit = _first_surrogate(value)
+        if hit is not None:
+            ch, pos = hit
+            what = (f"byte 0x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF  # surrogateescape's range
+                    else f"lone surrogate U+{ord(ch):04X}")
+            raise ValueError(f"{_where(source, index, field)}: not valid UTF-8 text ({what} at character {pos})")
+
+
+def _json_rows_keeping_bad_bytes(raw: bytes, path: Path) -> list:
+    """JSON (a list of rows) or JSON Lines, decoded with errors="surrogateescape": each byte that is
+    not UTF-8 becomes a lone surrogate, left for `check_utf8` to report with its row and field."""
+    text = raw.decode("utf-8", errors="surrogateescape")
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    rows = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {line_no} (row {len(rows)}) is not valid JSON: {e}") from None
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
 
@@ -230,6 +279,12 @@ def _rows_from_source(source) -> tuple[list[dict], str]:
         kind = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
         if kind is None:
             raise ValueError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl or .parquet)")
+        if kind == "json":
+            raw = path.read_bytes()
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:  # `datasets` would fail with no row or field: read it ourselves
+                return _json_rows_keeping_bad_bytes(raw, path), str(path)
         return load_dataset(kind, data_files=str(path), split="train").to_list(), str(path)
     if hasattr(source, "to_list") and hasattr(source, "column_names"):  # a datasets.Dataset
         return source.to_list(), "dataset"
@@ -243,6 +298,7 @@ def _normalize_all(rows: list, name: str, fn: Callable[[Any, int], dict], drop_i
     out, errors = [], []
     for i, row in enumerate(rows):
         try:
+            check_utf8(row, name, i)
             out.append(fn(row, i))
         except ValueError as e:
             if not drop_invalid:

@@ -140,6 +140,20 @@ def test_bad_rows_name_file_row_and_field(workdir, capsys):
     assert s["pairs"] == 1
 
 
+def test_invalid_utf8_row_is_named_or_dropped_and_counted(workdir, capsys):
+    data = workdir / "latin1.jsonl"
+    data.write_bytes(b'{"prompt": "a", "chosen": " b", "rejected": " c"}\n'
+                     b'{"prompt": "a", "chosen": " caf\xe9", "rejected": " c"}\n')
+    with pytest.raises(ValueError, match=r"latin1\.jsonl: row 1, field 'chosen': not valid UTF-8"):
+        main(["rm", "--model", str(workdir / "tiny"), "--dataset", str(data), "--steps", "1"])
+    capsys.readouterr()
+    assert main(["rm", "--model", str(workdir / "tiny"), "--dataset", str(data), "--steps", "1",
+                 "--batch-size", "1", "--drop-invalid"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out[out.index("{"):])["pairs"] == 1
+    assert "dropped 1 of 2 invalid rows" in err and "row 1, field 'chosen'" in err
+
+
 def test_unknown_preset_field_is_an_error(workdir):
     (workdir / "bad.yaml").write_text("stepz: 3\n")
     with pytest.raises(SystemExit, match="stepz"):

@@ -153,6 +153,38 @@ def test_drop_invalid_warns_and_reports_the_count():
     assert "row 1" in report["errors"][0] and "row 3" in report["errors"][1]
 
 
+def write_bytes_rows(path, rows: list[bytes]):
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    return path
+
+
+GOOD_LINE = json.dumps(GOOD[0]).encode()
+BAD_UTF8_LINE = b'{"prompt": "p", "chosen": " caf\xe9 au lait", "rejected": " tea"}'  # Latin-1 e-acute
+
+
+def test_invalid_utf8_names_file_row_and_field(tmp_path):
+    path = write_bytes_rows(tmp_path / "latin1.jsonl", [GOOD_LINE, BAD_UTF8_LINE, GOOD_LINE])
+    with pytest.raises(ValueError, match=r"latin1\.jsonl: row 1, field 'chosen': not valid UTF-8 text "
+                                         r"\(byte 0xe9 at character 4\)"):
+        load_preferences(path)
+
+
+def test_invalid_utf8_rows_dropped_and_counted(tmp_path):
+    path = write_bytes_rows(tmp_path / "latin1.jsonl", [GOOD_LINE, BAD_UTF8_LINE, GOOD_LINE])
+    report = {}
+    with pytest.warns(UserWarning, match="dropped 1 of 3 invalid rows"):
+        rows = load_preferences(path, drop_invalid=True, report=report)
+    assert rows == [GOOD[0], GOOD[0]] and report["n_dropped"] == 1 and "UTF-8" in report["errors"][0]
+
+
+def test_invalid_utf8_inside_messages_and_in_a_json_array(tmp_path, tok):
+    chat = b'[{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\xff"}]}]'
+    path = tmp_path / "chat.json"
+    path.write_bytes(chat)
+    with pytest.raises(ValueError, match=r"chat\.json: row 0, field 'messages': not valid UTF-8 text \(byte 0xff"):
+        load_completions(path, tokenizer=tok)
+
+
 def test_unsupported_source_types():
     with pytest.raises(ValueError, match="unsupported file type"):
         load_preferences(Path(__file__))  # a .py file exists but is not a data format
