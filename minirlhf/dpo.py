@@ -50,7 +50,7 @@ from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .data import encode_preference_batch  # (2B, T): the B chosen rows, then the B rejected rows
 from .lm import token_logprobs
 from .rl import masked_sum
-from .utils import MetricsLogger, check_finite, dist_info, set_seed
+from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
 
 LOSS_TYPES = ("dpo", "cdpo", "ipo", "hinge", "simpo", "orpo", "kto")
 REFERENCE_FREE = ("simpo", "orpo")
@@ -322,11 +322,7 @@ def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(),
     if start:
         order, cursor = extra["order"], extra["cursor"]
         g.set_state(extra["generator"])
-    ddp_policy = policy
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_policy = DistributedDataParallel(policy)
+    ddp_policy = wrap_ddp(policy)
     for step in range(start, cfg.steps):
         # 2. a batch of pairs (reshuffled at every epoch), this rank's share of it,
         #    chosen stacked above rejected: (2B, T)

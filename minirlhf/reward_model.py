@@ -42,7 +42,7 @@ from .data import encode_preference_batch
 from .lm import encode_pairs, generate, last_token_index
 from .models import MODELS_DIR, ScalarHeadModel, count_parameters, load_tokenizer
 from .sft import SFTConfig, lr_at
-from .utils import MetricsLogger, check_finite, dist_info, set_seed
+from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -262,11 +262,7 @@ def train_reward_model(rm: ScalarHeadModel, tokenizer, rows: list[dict], cfg: Re
     if start:
         order, cursor = extra["order"], extra["cursor"]
         g.set_state(extra["generator"])
-    ddp_rm = rm
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_rm = DistributedDataParallel(rm)
+    ddp_rm = wrap_ddp(rm)
     steps = range(start, cfg.steps)
     if progress and rank == 0:
         from tqdm.auto import tqdm

@@ -25,7 +25,7 @@ import torch
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .lm import encode_pairs, token_logprobs
 from .rl import masked_mean
-from .utils import MetricsLogger, check_finite, dist_info, set_seed
+from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
 
 
 @dataclass
@@ -115,11 +115,7 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
         order, cursor = extra["order"], extra["cursor"]
         g.set_state(extra["generator"])
         logger.rows[:] = [r for r in logger.rows if r.get("step", -1) < start]
-    ddp_model = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_model = DistributedDataParallel(model)
+    ddp_model = wrap_ddp(model)
     steps = range(start, cfg.steps)
     if progress and rank == 0:
         from tqdm.auto import tqdm

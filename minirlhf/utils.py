@@ -38,6 +38,16 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` inside DistributedDataParallel under torchrun (it averages gradients over the ranks),
+    `model` itself on one process."""
+    if dist_info()[1] == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model)
+
+
 def check_finite(name: str, value: torch.Tensor | float) -> None:
     """Raise a clear error if a loss or reward is NaN or infinite, before it reaches the weights."""
     t = torch.as_tensor(value)
