@@ -8,7 +8,10 @@
 Every field of the method's config dataclass is a flag (`--batch-size 32`); `--preset` reads a
 YAML file of the same fields. Metrics go to `runs/<name>/metrics.jsonl` with a plot beside them,
 and the trained model is saved there with `save_pretrained` (safetensors).
-Methods register themselves in `COMMANDS` (name -> Command).
+Methods register themselves in `COMMANDS` (name -> Command). Under `torchrun` the commands whose
+trainers split batches over ranks (sft, rm, dpo) run with DDP, and only rank 0 writes and prints:
+
+    torchrun --standalone --nproc_per_node 2 -m minirlhf dpo --model Qwen/Qwen2.5-0.5B --dataset prefs.jsonl
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class Command:
     run: Callable[[argparse.Namespace, Any], dict]
     help: str
     add_args: Callable[[argparse.ArgumentParser], None] | None = None
+    distributed: bool = False
+    """True if the trainer splits its batches over ranks under torchrun (DDP)."""
 
 
 COMMANDS: dict[str, Command] = {}
@@ -107,6 +112,24 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def init_distributed(cmd_name: str, cmd: Command) -> int:
+    """Under torchrun (WORLD_SIZE > 1), join the process group: NCCL with one GPU a rank, gloo on
+    CPU. Returns this process's rank (0 without torchrun); only rank 0 writes and prints."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0
+    if not cmd.distributed:
+        raise SystemExit(f"minirlhf {cmd_name} runs in one process; under torchrun use sft, rm or dpo")
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" is now this rank's GPU
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank()
+
+
 def run_dir(name: str) -> Path:
     out = Path("runs") / name
     out.mkdir(parents=True, exist_ok=True)
@@ -143,11 +166,14 @@ def _register_builtin() -> None:
     from .sft import SFTConfig
 
     builtin = {
-        "sft": Command(SFTConfig, commands.run_sft, "supervised fine-tuning (completion-only loss)", commands.sft_args),
-        "rm": Command(RewardConfig, commands.run_rm, "Bradley-Terry reward model", commands.rm_args),
+        "sft": Command(SFTConfig, commands.run_sft, "supervised fine-tuning (completion-only loss)", commands.sft_args,
+                       distributed=True),
+        "rm": Command(RewardConfig, commands.run_rm, "Bradley-Terry reward model", commands.rm_args,
+                      distributed=True),
         "ppo": Command(PPOConfig, commands.run_ppo, "PPO against a reward model (InstructGPT-style)",
                        commands.ppo_args),
-        "dpo": Command(DPOConfig, commands.run_dpo, "DPO and its variants (--loss-type)", commands.dpo_args),
+        "dpo": Command(DPOConfig, commands.run_dpo, "DPO and its variants (--loss-type)", commands.dpo_args,
+                       distributed=True),
         "grpo": Command(GRPOConfig, commands.run_grpo, "GRPO and its variants (--variant) on verifiable rewards",
                         commands.grpo_args),
         "prm": Command(commands.VerifierRunConfig, commands.run_prm,
@@ -180,8 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     cmd = COMMANDS[args.command]
     cfg = build_config(cmd.config_cls, args)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    rank = init_distributed(args.command, cmd)
     summary = cmd.run(args, cfg)
-    print(json.dumps(summary, indent=2))
+    if rank == 0:
+        print(json.dumps(summary, indent=2))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 

@@ -50,7 +50,10 @@ def _load(args, name: str):
 def _finish(args, name: str, log: MetricsLogger, summary: dict, model=None, tok=None, plot_keys=(),
             x: str = "step") -> dict:
     from .cli import plot_metrics, run_dir
+    from .utils import dist_info
 
+    if dist_info()[0] != 0:  # under torchrun only rank 0 writes
+        return summary
     out = run_dir(args.name or name)
     with open(out / "metrics.jsonl", "w") as f:
         for row in log.rows:
@@ -115,7 +118,6 @@ def sft_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_sft(args: argparse.Namespace, cfg) -> dict:
-    from .cli import plot_metrics, run_dir
     from .evaluate import eval_arithmetic
     from .models import count_parameters, load_tokenizer
     from .sft import train_sft
@@ -137,15 +139,11 @@ def run_sft(args: argparse.Namespace, cfg) -> dict:
     if dataset == "arithmetic":
         test = load_split("arithmetic", "test")[:200]
         eval_fn = lambda m: {"test_accuracy": eval_arithmetic(m, tok, test)["accuracy"]}  # noqa: E731
-    out = run_dir(args.name or "sft")
-    log = MetricsLogger(out / "metrics.jsonl")
+    log = MetricsLogger()
     t0 = time.time()
     train_sft(model, tok, rows, cfg, eval_fn=eval_fn, eval_every=args.eval_every if eval_fn else 0,
               logger=log, progress=True)
     seconds = time.time() - t0
-    model.save_pretrained(out / "model")
-    tok.save_pretrained(out / "model")
-    plot_metrics(log, ["loss", "test_accuracy"], out / "metrics.png")
     summary = {"method": "sft", "model": args.model or "tiny Llama from scratch",
                "parameters": count_parameters(model), "dataset": dataset, "examples": len(rows),
                "steps": cfg.steps, "seconds": round(seconds, 1), "final_loss": round(log.series("loss")[-1], 4)}
@@ -154,9 +152,7 @@ def run_sft(args: argparse.Namespace, cfg) -> dict:
             m = eval_arithmetic(model, tok, load_split("arithmetic", split))
             summary[f"{split}/accuracy"] = m["accuracy"]
             summary[f"{split}/trace_accuracy"] = m["trace_accuracy"]
-    summary["run_dir"] = str(out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return _finish(args, "sft", log, summary, model, tok, ["loss", "test_accuracy"])
 
 
 # ---------------------------------------------------------------------------------------------

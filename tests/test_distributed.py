@@ -1,8 +1,11 @@
 """Two CPU processes under DistributedDataParallel (gloo) train exactly like one process:
-SFT, the reward model and DPO each split every batch between the ranks."""
+SFT, the reward model and DPO each split every batch between the ranks, also from the command line."""
 
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -70,3 +73,33 @@ def test_two_processes_match_one(tmp_path, name):
     ddp = torch.load(out, weights_only=True)
     for k, v in single.state_dict().items():
         assert torch.allclose(v, ddp[k], atol=2e-5, rtol=1e-4), k
+
+
+def test_cli_under_torchrun_matches_one_process(tmp_path, monkeypatch, tok):
+    from safetensors.torch import load_file
+
+    from minirlhf.cli import main
+
+    make_model(tok).save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
+    argv = ["dpo", "--model", str(tmp_path / "tiny"), "--dataset", str(tmp_path / "prefs.jsonl"), "--device", "cpu",
+            "--steps", "4", "--batch-size", "5", "--lr", "1e-3"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(torchrun + ["-m", "minirlhf"] + argv + ["--name", "ddp"], cwd=tmp_path, text=True,
+                          capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count('"method"') == 1  # only rank 0 prints its summary
+    monkeypatch.chdir(tmp_path)
+    assert main(argv + ["--name", "one"]) == 0
+    one, ddp = (load_file(str(tmp_path / f"runs/{n}/model/model.safetensors")) for n in ("one", "ddp"))
+    for k, v in one.items():
+        assert torch.allclose(v, ddp[k], atol=2e-5, rtol=1e-4), k
+
+
+def test_single_process_commands_refuse_torchrun(monkeypatch):
+    from minirlhf.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="grpo runs in one process"):
+        main(["grpo", "--steps", "1"])
