@@ -121,17 +121,28 @@ def check_prm_row(row: dict, index: int) -> dict:
     return row
 
 
-def step_boundary_mask(input_ids: Tensor, completion_mask: Tensor, separator_id: int) -> Tensor:
+def step_boundary_mask(input_ids: Tensor, completion_mask: Tensor, separator_id: int,
+                       eos_id: int | None = None) -> Tensor:
     """1 at the token that ends each step: every separator inside the completion, and the
     completion's last token (its EOS, or the last token of a truncated completion).
+
+    With `eos_id`, an EOS right after a separator closes that separator's step instead of opening
+    an empty one: "a\\nb\\n<eos>" has the two steps of `split_into_steps("a\\nb\\n")`, the second
+    ending at the EOS, so every completion token still belongs to a step.
 
     input_ids, completion_mask: (B, T), any padding side -> (B, T) bool.
     """
     comp = completion_mask.bool()
     mask = (input_ids == separator_id) & comp  # (B, T)
     last = last_token_index(completion_mask)  # (B,)
-    has_completion = comp.any(-1)  # (B,)
-    mask[torch.arange(len(last), device=mask.device)[has_completion], last[has_completion]] = True
+    rows = torch.arange(len(last), device=mask.device)[comp.any(-1)]  # rows with a completion
+    last = last[rows]
+    if eos_id is not None:
+        prev = (last - 1).clamp(min=0)
+        after_sep = ((last > 0) & (input_ids[rows, last] == eos_id) & comp[rows, prev]
+                     & (input_ids[rows, prev] == separator_id))  # (b,)
+        mask[rows[after_sep], prev[after_sep]] = False
+    mask[rows, last] = True
     return mask
 
 
@@ -343,7 +354,7 @@ def implicit_prm_step_scores(policy, ref, tokenizer, prompts: list[str], complet
         b = encode_pairs(tokenizer, prompts[i:i + batch_size], completions[i:i + batch_size])
         logp = token_logprobs(policy, b["input_ids"], b["attention_mask"])
         ref_logp = token_logprobs(ref, b["input_ids"], b["attention_mask"])
-        step_mask = step_boundary_mask(b["input_ids"], b["completion_mask"], sep)
+        step_mask = step_boundary_mask(b["input_ids"], b["completion_mask"], sep, tokenizer.eos_token_id)
         outs.append(implicit_step_rewards(logp, ref_logp, b["completion_mask"].float(), step_mask, beta))
     return _cat_padded(outs)
 
@@ -495,6 +506,19 @@ def auc(scores: list[float] | Tensor, labels: list[bool] | Tensor) -> float:
     return ((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean()).item()
 
 
+def within_prompt_auc(scores: Tensor, labels: Tensor) -> float:
+    """Mean AUC over prompts of how a verifier ranks one prompt's samples: what best-of-N uses.
+
+    scores, labels: (P, M), M samples per prompt; prompts whose samples are all right or all wrong
+    are skipped. A verifier that only knows prompt difficulty scores 0.5 here, however high its
+    AUC pooled over prompts.
+    """
+    aucs = [auc(s, y) for s, y in zip(scores, labels.bool()) if 0 < int(y.sum()) < len(y)]
+    if not aucs:
+        raise ValueError("within_prompt_auc: no prompt has both right and wrong samples")
+    return sum(aucs) / len(aucs)
+
+
 def step_auc(prm: ScalarHeadModel, tokenizer, prompts: list[str], completions: list[str]) -> float:
     """Held-out step-level AUC of a PRM against the gold (prefix-closed) step labels."""
     scores, mask = prm_step_scores(prm, tokenizer, prompts, completions)
@@ -506,28 +530,38 @@ def step_auc(prm: ScalarHeadModel, tokenizer, prompts: list[str], completions: l
 class BuildConfig:
     """What `build_verifiers` trains (see docs/prm.md for times)."""
 
-    n_train: int = 8000
-    """Train prompts sampled from arith-sft (one completion each, temperature 1): gold and outcome labels."""
-    n_dev: int = 600
-    """Dev-prompt samples for early stopping (held-out AUC)."""
+    generator: str = "arith-sft"
+    """The policy whose samples are verified (and whose samples are labelled)."""
+    backbone: str = "arith-sft-full"
+    """The verifiers' starting weights: an LM that knows arithmetic (99.8% of test chains). Started
+    from the weak generator itself, no verifier got past chance at ranking one prompt's samples."""
+    n_train: int = 32000
+    """Train prompts sampled from the generator (one completion each, temperature 1): gold and outcome labels."""
+    n_dev_prompts: int = 40
+    """Dev prompts for model selection (early stopping) ..."""
+    dev_samples: int = 16
+    """... each sampled this many times: selection is on the within-prompt AUC (`within_prompt_auc`)."""
     n_mc: int = 300
     """Of the train samples, how many also get Monte-Carlo labels (the expensive part)."""
     mc_rollouts: int = 8
     """Rollouts per step prefix (Math-Shepherd uses 8)."""
-    train: VerifierConfig = field(default_factory=lambda: VerifierConfig(steps=125, eval_every=25))
-    """Training of the gold PRM and the ORM (125 x 64 = one pass over 8000)."""
-    implicit_steps: int = 60
+    train: VerifierConfig = field(default_factory=lambda: VerifierConfig(steps=3500, eval_every=250))
+    """Training of the gold PRM and the ORM (3500 x 64 = 7 passes over 32000). Checking a step is
+    learned late and suddenly (within-prompt AUC ~0.55 up to ~2000 steps, then > 0.9)."""
+    implicit_steps: int = 1000
     """Optimizer steps of the implicit PRM (a causal LM plus a reference: ~2.5x the cost per step)."""
     mc_steps: int = 10
     """Optimizer steps of the two Monte-Carlo PRMs (10 x 64 = 2 passes over 300)."""
     seed: int = 0
     """Seed of prompts and sampling."""
+    only: tuple[str, ...] | None = None
+    """Build only these verifiers (names as in data/models); None: all five."""
 
 
 def build_verifiers(cfg: BuildConfig | None = None) -> dict:
     """Write data/models/arith-prm-{gold,mc-hard,mc-soft,implicit} and arith-orm.
 
-    All start from the arith-sft backbone; each keeps the weights with the best held-out score on
+    All start from `cfg.backbone`; each keeps the weights with the best held-out score on
     dev samples: step AUC vs gold labels (gold PRM), answer AUC (ORM, implicit PRM: outcome labels
     only), answer AUC of the min step score (MC PRMs: no gold step labels either)."""
     from .lm import generate
@@ -536,47 +570,62 @@ def build_verifiers(cfg: BuildConfig | None = None) -> dict:
     cfg = cfg or BuildConfig()
     t0, c0 = time.time(), time.process_time()
     g = set_seed(cfg.seed)
-    tok, sft = load_tokenizer(), load_model("arith-sft").eval()
+    tok, sft = load_tokenizer(), load_model(cfg.generator).eval()
+    backbone = load_model(cfg.backbone).eval()  # also the implicit PRM's reference
 
-    # 1. samples: train prompts (training) and dev prompts (early stopping), temperature 1
-    def draw(split, n):
-        rows = load_split("arithmetic", split)
-        prompts = [rows[i]["prompt"] for i in torch.randint(len(rows), (n,), generator=g).tolist()]
-        return prompts, generate(sft, tok, prompts, 64, temperature=1.0, generator=g, batch_size=512)[0]
+    # 1. samples: train prompts (training), and dev prompts with several samples each (selection)
+    def draw(prompts):
+        return generate(sft, tok, prompts, 64, temperature=1.0, generator=g, batch_size=512)[0]
 
-    prompts, completions = draw("train", cfg.n_train)
-    dev_p, dev_c = draw("dev", cfg.n_dev)
+    train_rows = load_split("arithmetic", "train")
+    prompts = [train_rows[i]["prompt"] for i in torch.randint(len(train_rows), (cfg.n_train,), generator=g).tolist()]
+    completions = draw(prompts)
+    dev_p = [r["prompt"] for r in load_split("arithmetic", "dev")[:cfg.n_dev_prompts] for _ in range(cfg.dev_samples)]
+    dev_c = draw(dev_p)
     outcomes = [answer_correct(p, c) for p, c in zip(prompts, completions)]
-    dev_y = [answer_correct(p, c) for p, c in zip(dev_p, dev_c)]
-    # 2. labels: gold steps and outcomes (free), Monte-Carlo on a subset
+    dev_ans = torch.tensor([answer_correct(p, c) for p, c in zip(dev_p, dev_c)]).view(-1, cfg.dev_samples)
+    dev_trace = torch.tensor([check_chain(p, c).trace_correct for p, c in zip(dev_p, dev_c)]).view(dev_ans.shape)
+    # 2. labels: gold steps and outcomes (free), Monte-Carlo on a subset (only if an MC PRM is built)
     gold = to_prm_rows(prompts, completions)
-    rollouts = PolicyRollouts(sft, tok, temperature=1.0, generator=g)
-    hard, soft = monte_carlo_labels(prompts[:cfg.n_mc], [r["completions"] for r in gold[:cfg.n_mc]], rollouts,
-                                    answer_correct, cfg.mc_rollouts)
     outcome_rows = [{"prompt": p, "completion": c, "label": y} for p, c, y in zip(prompts, completions, outcomes)]
+    rollouts = PolicyRollouts(sft, tok, temperature=1.0, generator=g)
+    hard = soft = None
+    if any(name.startswith("arith-prm-mc") for name in (cfg.only or ["arith-prm-mc"])):
+        hard, soft = monte_carlo_labels(prompts[:cfg.n_mc], [r["completions"] for r in gold[:cfg.n_mc]], rollouts,
+                                        answer_correct, cfg.mc_rollouts)
     mc_cfg = VerifierConfig(**{**asdict(cfg.train), "steps": cfg.mc_steps, "eval_every": 5})
-    imp_cfg = VerifierConfig(**{**asdict(cfg.train), "steps": cfg.implicit_steps, "eval_every": 20})
-    ans_auc_min = lambda m: auc(aggregate_steps(*prm_step_scores(m, tok, dev_p, dev_c), "min"), dev_y)
+    imp_cfg = VerifierConfig(**{**asdict(cfg.train), "steps": cfg.implicit_steps, "eval_every": 100})
+
+    # Selection score: how well a verifier ranks the samples of one prompt (what best-of-N needs),
+    # against the labels its method has: trace correctness for the gold PRM, answers for the others.
+    def prm_min(m):
+        return aggregate_steps(*prm_step_scores(m, tok, dev_p, dev_c), "min").view(dev_ans.shape)
+
     jobs = {  # name: (kind, rows, config, held-out score)
-        "arith-prm-gold": ("prm", gold, cfg.train, lambda m: step_auc(m, tok, dev_p, dev_c)),
-        "arith-orm": ("orm", outcome_rows, cfg.train, lambda m: auc(orm_scores(m, tok, dev_p, dev_c), dev_y)),
-        "arith-prm-mc-hard": ("prm", to_prm_rows(prompts[:cfg.n_mc], completions[:cfg.n_mc], hard), mc_cfg,
-                              ans_auc_min),
-        "arith-prm-mc-soft": ("prm", to_prm_rows(prompts[:cfg.n_mc], completions[:cfg.n_mc], soft), mc_cfg,
-                              ans_auc_min),
-        "arith-prm-implicit": ("implicit", outcome_rows, imp_cfg, lambda m: auc(implicit_prm_step_scores(
-            m, sft, tok, dev_p, dev_c, cfg.train.beta)[0].sum(-1), dev_y)),
+        "arith-prm-gold": ("prm", gold, cfg.train, lambda m: within_prompt_auc(prm_min(m), dev_trace)),
+        "arith-orm": ("orm", outcome_rows, cfg.train, lambda m: within_prompt_auc(
+            orm_scores(m, tok, dev_p, dev_c).view(dev_ans.shape), dev_ans)),
+        "arith-prm-implicit": ("implicit", outcome_rows, imp_cfg, lambda m: within_prompt_auc(
+            implicit_prm_step_scores(m, backbone, tok, dev_p, dev_c, cfg.train.beta)[0].sum(-1).view(dev_ans.shape),
+            dev_ans)),
     }
-    info = {"samples": cfg.n_train, "mc_samples": cfg.n_mc, "dev_samples": cfg.n_dev,
+    if hard is not None:
+        for name, labels in (("arith-prm-mc-hard", hard), ("arith-prm-mc-soft", soft)):
+            jobs[name] = ("prm", to_prm_rows(prompts[:cfg.n_mc], completions[:cfg.n_mc], labels), mc_cfg,
+                          lambda m: within_prompt_auc(prm_min(m), dev_ans))
+    jobs = {k: v for k, v in jobs.items() if cfg.only is None or k in cfg.only}
+    info = {"generator": cfg.generator, "backbone": cfg.backbone, "samples": cfg.n_train, "mc_samples": cfg.n_mc,
+            "dev_samples": cfg.n_dev_prompts * cfg.dev_samples,
             "sample_answer_accuracy": sum(outcomes) / len(outcomes), "mc_tokens_sampled": rollouts.tokens_sampled,
             "mc_label_seconds": round(time.time() - t0, 1), "verifier": asdict(cfg.train), "mc_steps": cfg.mc_steps,
             "implicit_steps": cfg.implicit_steps,
             "models": {}}
-    # 3. train each verifier from the arith-sft backbone, keep the best held-out weights
+    # 3. train each verifier from the backbone, keep the best held-out weights
     for name, (kind, rows, vcfg, score) in jobs.items():
         t1 = time.time()
-        model = load_model("arith-sft") if kind == "implicit" else ScalarHeadModel(load_model("arith-sft"))
-        log = train_verifier(model, tok, rows, kind, vcfg, ref=sft if kind == "implicit" else None, eval_fn=score)
+        model = load_model(cfg.backbone) if kind == "implicit" else ScalarHeadModel(load_model(cfg.backbone))
+        log = train_verifier(model, tok, rows, kind, vcfg, ref=backbone if kind == "implicit" else None,
+                             eval_fn=score)
         out = MODELS_DIR / name
         model.save_pretrained(out)
         tok.save_pretrained(out)

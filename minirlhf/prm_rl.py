@@ -115,7 +115,7 @@ def train_dense_rl(policy, ref, tokenizer, prompts: list[str], outcome_fn: Calla
                       cfg.temperature, generator=g)
         texts = decode_completions(tokenizer, roll)
         comp = roll.completion_mask.float()  # (B, T)
-        step_mask = step_boundary_mask(roll.input_ids, roll.completion_mask, sep)  # (B, T)
+        step_mask = step_boundary_mask(roll.input_ids, roll.completion_mask, sep, tokenizer.eos_token_id)  # (B, T)
         # 2. score: outcome reward per completion, step rewards at step boundaries
         outcome = torch.tensor(outcome_fn(batch_prompts, texts), dtype=torch.float)  # (B,)
         check_finite("outcome reward", outcome)

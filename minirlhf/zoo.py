@@ -91,6 +91,9 @@ RECIPES = {
     # guessing a step count we stop on the dev split as soon as it reaches 50% of chains correct.
     "arith-sft": BaseModelRecipe("arith-sft", "arithmetic", "train", steps=1200, stop_at_dev_accuracy=0.5),
     "review-sft": BaseModelRecipe("review-sft", "reviews", "sft", steps=800),
+    # The same run to the end of its schedule (99.8% of test chains): the backbone of the verifiers
+    # (a verifier must know arithmetic to check a step; real PRMs also start from a strong LM).
+    "arith-sft-full": BaseModelRecipe("arith-sft-full", "arithmetic", "train", steps=1200),
 }
 
 
@@ -141,6 +144,7 @@ def _lazy(module: str, function: str) -> Callable[[], dict]:
 BUILD_STEPS: dict[str, Callable[[], dict]] = {
     "data": build_data,
     "arith-sft": lambda: build_base_model("arith-sft"),
+    "arith-sft-full": lambda: build_base_model("arith-sft-full"),
     "review-sft": lambda: build_base_model("review-sft"),
     "review-rm": _lazy("minirlhf.reward_model", "build_shipped"),
     "diffusion": _lazy("minirlhf.diffusion.models", "build_shipped"),

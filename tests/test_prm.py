@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from minirlhf.lm import encode_pairs, token_logprobs
+from minirlhf.lm import encode_pairs, last_token_index, token_logprobs
 from minirlhf.models import ScalarHeadModel, load_tokenizer
 from minirlhf.prm_rl import DenseRLConfig, dense_advantages, process_returns, train_dense_rl
 from minirlhf.prm import (VerifierConfig, aggregate_steps, auc, step_auc, best_of_n, best_of_n_curve, check_prm_row,
@@ -313,3 +313,17 @@ def test_train_dense_rl_runs_and_logs_finite_metrics(tok):
     step_fn = lambda ps, cs: [[1.0] * len(split_into_steps(c)) for c in cs]  # noqa: E731
     log = train_dense_rl(policy, ref, tok, [PROMPT, "1 +1\n"], lambda ps, cs: [0.0] * len(cs), step_fn, cfg)
     assert len(log.rows) == 2 and all(math.isfinite(v) for r in log.rows for v in r.values())
+
+
+def test_step_boundaries_match_split_into_steps_when_eos_follows_a_newline(tok):
+    """A sampled "a\\nb\\n<eos>" has the two steps split_into_steps gives; the EOS closes step 2."""
+    sep, eos = tok.convert_tokens_to_ids("\n"), tok.eos_token_id
+    comps = ["1+1=2\n#### 2", "1+1=2\n2+3=5\n", ""]
+    left = encode_pairs(tok, ["1 +1\n", "1 +1 +3\n", "1 +1\n"], comps)  # each completion ends with EOS
+    for b in (left, _right_padded(left)):
+        mask = step_boundary_mask(b["input_ids"], b["completion_mask"], sep, eos)
+        assert mask.sum(-1).tolist() == [len(split_into_steps(c)) for c in comps] == [2, 2, 1]
+        # every row's last boundary is its EOS, so each completion token belongs to a step
+        assert mask[torch.arange(3), last_token_index(b["completion_mask"])].all()
+        # without eos_id, "a\\nb\\n<eos>" gets an empty third step
+        assert step_boundary_mask(b["input_ids"], b["completion_mask"], sep).sum(-1).tolist() == [2, 3, 1]
