@@ -77,9 +77,10 @@ def _review_rows(seed: int) -> dict[str, dict]:
 
 
 def _arith_rows(seed: int) -> dict[str, dict]:
-    from . import grpo
+    from . import grpo, prm
     from .evaluate import eval_arithmetic
-    from .models import load_model, load_tokenizer
+    from .lm import generate
+    from .models import ScalarHeadModel, load_model, load_tokenizer
     from .worlds import arithmetic
     from .zoo import load_split
 
@@ -89,20 +90,45 @@ def _arith_rows(seed: int) -> dict[str, dict]:
     test, ood = load_split("arithmetic", "test")[:200], load_split("arithmetic", "test_ood")[:200]
 
     def evaluate(policy):
-        return {"accuracy": eval_arithmetic(policy, tok, test)["accuracy"],
+        e = eval_arithmetic(policy, tok, test)
+        return {"accuracy": e["accuracy"], "trace_accuracy": e["trace_accuracy"],
                 "accuracy_ood": eval_arithmetic(policy, tok, ood)["accuracy"],
                 **sequence_kl(policy, ref, tok, [r["prompt"] for r in test])}
 
-    def variant(name):
-        def run():
+    def variant(name, reward=arithmetic.arithmetic_trace_reward):
+        def run():  # the notebook-05 recipe: lr 1e-4 with warm-up, one update per batch
             policy = load_model("arith-sft")
-            grpo.train_grpo(policy, tok, train_prompts, [arithmetic.arithmetic_reward],
-                            grpo.preset(name, seed=seed, eval_every=0))
+            grpo.train_grpo(policy, tok, train_prompts, [reward],
+                            grpo.preset(name, seed=seed, lr=1e-4, warmup_steps=10, mu=1, steps=60, eval_every=0))
             return evaluate(policy.eval())
         return run
 
-    return {"SFT (arith-sft)": lambda: evaluate(ref), "GRPO": variant("grpo"), "Dr. GRPO": variant("dr_grpo"),
-            "DAPO": variant("dapo"), "RLOO": variant("rloo")}
+    def best_of_16(verifier_name):
+        def run():  # pick 1 of 16 samples (T = 1) per prompt on 50 held-out prompts
+            n, rows = 16, test[:50]
+            prompts = [r["prompt"] for r in rows for _ in range(n)]
+            comps, _ = generate(ref, tok, prompts, 64, temperature=1.0,
+                                generator=torch.Generator().manual_seed(seed), batch_size=512)
+            verifier = ScalarHeadModel.from_pretrained(verifier_name).eval()
+            if verifier_name == "arith-orm":
+                scores = prm.orm_scores(verifier, tok, prompts, comps)
+            else:
+                scores = prm.aggregate_steps(*prm.prm_step_scores(verifier, tok, prompts, comps), "min")
+            checks = [arithmetic.check_chain(p, c) for p, c in zip(prompts, comps)]
+            answer = torch.tensor([c.answer_correct for c in checks]).view(len(rows), n)
+            trace = torch.tensor([c.trace_correct for c in checks]).view(len(rows), n)
+            scores = scores.view(len(rows), n)
+            return {"accuracy": round(prm.best_of_n(scores, answer).float().mean().item(), 4),
+                    "trace_accuracy": round(prm.best_of_n(scores, trace).float().mean().item(), 4),
+                    "kl": round(float(torch.log(torch.tensor(n)) - (n - 1) / n), 4)}
+        return run
+
+    return {"SFT (arith-sft)": lambda: evaluate(ref),
+            "GRPO, answer reward": variant("grpo", arithmetic.arithmetic_reward),
+            "GRPO, trace reward": variant("grpo"), "Dr. GRPO": variant("dr_grpo"),
+            "DAPO": variant("dapo"), "RLOO": variant("rloo"),
+            "best-of-16 (arith-orm)": best_of_16("arith-orm"),
+            "best-of-16 (arith-prm-gold, min)": best_of_16("arith-prm-gold")}
 
 
 def _diffusion_rows(seed: int) -> dict[str, dict]:
@@ -129,7 +155,7 @@ def _diffusion_rows(seed: int) -> dict[str, dict]:
 
 
 def _table(results: dict[str, dict]) -> str:
-    cols = ["gold_reward", "accuracy", "accuracy_ood", "box_reward", "kl", "seconds"]
+    cols = ["gold_reward", "accuracy", "trace_accuracy", "accuracy_ood", "box_reward", "kl", "seconds"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
         cells = [("" if r.get(c) is None else f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols]

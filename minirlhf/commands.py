@@ -252,6 +252,9 @@ def grpo_args(p):
     p.add_argument("--dataset", default=None,
                    help="JSON/JSONL/Parquet with a prompt (or question) field and an answer graded by '#### N' "
                         "(default: built-in arithmetic train)")
+    p.add_argument("--reward", default="answer", choices=("answer", "trace"),
+                   help="built-in world: answer (the final answer is right) or trace (every step too; "
+                        "the reward that lifts held-out accuracy in notebook 05)")
 
 
 def run_grpo(args, cfg) -> dict:
@@ -268,7 +271,7 @@ def run_grpo(args, cfg) -> dict:
     cfg = grpo.preset(cfg.variant, **{k: getattr(cfg, k) for k in args.given_fields if k != "variant"})
     if args.dataset is None:
         prompts = [r["prompt"] for r in load_split("arithmetic", "train")]
-        reward_fns = [arithmetic.arithmetic_reward]
+        reward_fns = [arithmetic.arithmetic_trace_reward if args.reward == "trace" else arithmetic.arithmetic_reward]
     else:
         from datasets import load_dataset
 
@@ -285,6 +288,8 @@ def run_grpo(args, cfg) -> dict:
     t0 = time.time()
     log = grpo.train_grpo(policy, tok, prompts, reward_fns, cfg)
     summary = {"method": cfg.variant, "model": model_name, "steps": cfg.steps, "seconds": round(time.time() - t0, 1)}
+    if args.dataset is None:
+        summary["reward"] = args.reward
     if args.dataset is None:
         ood = load_split("arithmetic", "test_ood")[:ARITH_EVAL_ROWS]
         summary.update({"accuracy_before": before, "accuracy": eval_arithmetic(policy, tok, test)["accuracy"],
@@ -327,8 +332,10 @@ class VerifierRunConfig(VerifierConfig):
 
 
 def prm_args(p):
-    p.add_argument("--model", default=None,
-                   help="the policy that writes the solutions, and the verifier's backbone (default: arith-sft)")
+    p.add_argument("--model", default=None, help="the policy that writes the solutions (default: arith-sft)")
+    p.add_argument("--backbone", default=None,
+                   help="the verifier's starting weights, and the implicit PRM's reference (default: --model if "
+                        "given, else arith-sft-full: a verifier has to know the arithmetic it checks)")
 
 
 def _sample_solutions(policy, tok, split: str, n_prompts: int, per_prompt: int, cfg, g) -> tuple[list, list]:
@@ -358,14 +365,14 @@ def _verifier_rows(cfg: VerifierRunConfig, policy, tok, prompts, completions, g)
     return prm.to_prm_rows(prompts, completions, hard if cfg.labels == "mc-hard" else soft)
 
 
-def _verifier_scores(verifier, cfg: VerifierRunConfig, policy, tok, prompts, completions) -> torch.Tensor:
-    """One score per solution, higher = more likely right. -> (N,)"""
+def _verifier_scores(verifier, cfg: VerifierRunConfig, ref, tok, prompts, completions) -> torch.Tensor:
+    """One score per solution, higher = more likely right (`ref`: the implicit PRM's reference). -> (N,)"""
     from . import prm
 
     if cfg.kind == "orm":
         return prm.orm_scores(verifier, tok, prompts, completions)
     if cfg.kind == "implicit":
-        rewards, mask = prm.implicit_prm_step_scores(verifier, policy, tok, prompts, completions, cfg.beta)
+        rewards, mask = prm.implicit_prm_step_scores(verifier, ref, tok, prompts, completions, cfg.beta)
         return prm.aggregate_steps(torch.sigmoid(rewards), mask, cfg.aggregation)
     return prm.aggregate_steps(*prm.prm_step_scores(verifier, tok, prompts, completions), cfg.aggregation)
 
@@ -378,7 +385,7 @@ def _auc_or_none(scores, labels) -> float | None:
     return round(auc(scores, labels), 4) if 0 < int(labels.sum()) < labels.numel() else None
 
 
-def _best_of_n_report(verifier, cfg: VerifierRunConfig, policy, tok, g) -> dict:
+def _best_of_n_report(verifier, cfg: VerifierRunConfig, policy, ref, tok, g) -> dict:
     """Answer and whole-trace accuracy of the verifier's pick of N, against N = 1, majority vote
     and the oracle (is any of the N right), on held-out test prompts."""
     from . import prm
@@ -389,7 +396,7 @@ def _best_of_n_report(verifier, cfg: VerifierRunConfig, policy, tok, g) -> dict:
     results = [check_chain(p, c) for p, c in zip(prompts, completions)]
     answer = torch.tensor([r.answer_correct for r in results]).view(P, N)  # (P, N)
     trace = torch.tensor([r.trace_correct for r in results]).view(P, N)
-    scores = _verifier_scores(verifier, cfg, policy, tok, prompts, completions).view(P, N)
+    scores = _verifier_scores(verifier, cfg, ref, tok, prompts, completions).view(P, N)
     answers = [[extract_answer(c) for c in completions[i * N:(i + 1) * N]] for i in range(P)]
     out = {"accuracy@1": answer.float().mean().item(), "accuracy": prm.best_of_n(scores, answer).float().mean().item(),
            "trace_accuracy@1": trace.float().mean().item(),
@@ -419,23 +426,25 @@ def run_prm(args, cfg: VerifierRunConfig) -> dict:
     # 1. solutions to learn from, labelled (the policy's own samples on train prompts)
     prompts, completions = _sample_solutions(policy, tok, "train", cfg.n_train, 1, cfg, g)
     rows = _verifier_rows(cfg, policy, tok, prompts, completions, g)
-    # 2. the verifier, from the policy's weights; early stopping on dev answer AUC if asked
-    backbone = load_model(model_name, trust_remote_code=args.trust_remote_code)
+    # 2. the verifier, from the backbone's weights; early stopping on dev answer AUC if asked
+    backbone_name = args.backbone or (args.model or "arith-sft-full")
+    backbone = load_model(backbone_name, trust_remote_code=args.trust_remote_code)
     verifier = backbone if cfg.kind == "implicit" else ScalarHeadModel(backbone)
+    ref = load_model(backbone_name, trust_remote_code=args.trust_remote_code).eval() if cfg.kind == "implicit" else None
     eval_fn = None
     if cfg.eval_every > 0:
         dev_p, dev_c = _sample_solutions(policy, tok, "dev", cfg.n_dev, 1, cfg, g)
         dev_y = [prm.answer_correct(p, c) for p, c in zip(dev_p, dev_c)]
-        eval_fn = lambda m: prm.auc(_verifier_scores(m, cfg, policy, tok, dev_p, dev_c), dev_y)  # noqa: E731
+        eval_fn = lambda m: prm.auc(_verifier_scores(m, cfg, ref, tok, dev_p, dev_c), dev_y)  # noqa: E731
     train_cfg = VerifierConfig(**{f.name: getattr(cfg, f.name) for f in fields(VerifierConfig)})
-    log = prm.train_verifier(verifier, tok, rows, cfg.kind, train_cfg, ref=policy, eval_fn=eval_fn)
+    log = prm.train_verifier(verifier, tok, rows, cfg.kind, train_cfg, ref=ref, eval_fn=eval_fn)
     method = {"prm": f"PRM ({cfg.labels} labels, {cfg.aggregation})", "orm": "ORM",
               "implicit": f"implicit PRM ({cfg.aggregation})"}[cfg.kind]
-    summary = {"method": method, "model": model_name,
+    summary = {"method": method, "model": model_name, "backbone": backbone_name,
                "train_solutions": len(rows), "steps": cfg.steps, "seconds": round(time.time() - t0, 1),
                "best_of": cfg.best_of}
     # 3. best-of-N on held-out prompts
-    summary.update(_best_of_n_report(verifier, cfg, policy, tok, g))
+    summary.update(_best_of_n_report(verifier, cfg, policy, ref, tok, g))
     return _finish(args, "prm", log, summary, verifier, tok, ["loss", "val"])
 
 

@@ -373,7 +373,7 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
         n_kept = sum(len(a) for a in kept_adv)
         row = {"step": step, **{k: sum(m[k] for m in sampled_metrics) / len(sampled_metrics)
                                 for k in sampled_metrics[0]},
-               "sampling_rounds": len(sampled_metrics), "groups_trained": n_kept // G}
+               "sampling_rounds": len(sampled_metrics), "groups_trained": min(n_kept, B * G) // G}
         if n_kept == 0:  # every group had zero variance: nothing to learn from this step
             logger.log({**row, "time": time.time() - t0})
             checkpoint(step)

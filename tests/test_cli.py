@@ -85,6 +85,13 @@ def test_grpo_on_gsm8k_style_rows(workdir, capsys):
     assert s["method"] == "rloo" and s["steps"] == 1
 
 
+def test_grpo_trace_reward_on_the_builtin_world(workdir, capsys):
+    s = run(capsys, ["grpo", "--reward", "trace", "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+                     "--max-new-tokens", "40"])
+    assert s["reward"] == "trace" and s["steps"] == 1
+    assert 0.0 <= s["accuracy"] <= 1.0 and s["accuracy_before"] is not None
+
+
 def test_dpo_killed_then_resumed_with_the_same_command(workdir, capsys):
     data = write_jsonl(workdir / "prefs.jsonl", [
         {"prompt": f"q{i}", "chosen": " yes", "rejected": " no"} for i in range(4)])
@@ -178,3 +185,13 @@ def test_every_shipped_preset_parses_into_its_config():
         for key, value in yaml.safe_load(path.read_text()).items():
             if key not in ("model", "dataset", "name"):
                 assert getattr(cfg, key) == value, (path, key)
+
+
+def test_baselines_subset_writes_one_table(workdir, capsys):
+    assert main(["baselines", "--only", "sft (arith,arith-orm,arith-prm-gold"]) == 0
+    out = capsys.readouterr().out
+    table = (workdir / "runs/baselines/table.md").read_text()
+    assert "| SFT (arith-sft) |" in table and "| best-of-16 (arith-prm-gold, min) |" in table
+    results = json.loads((workdir / "runs/baselines/results.json").read_text())
+    assert len(results) == 3 and "trace_accuracy" in results["best-of-16 (arith-orm)"]
+    assert "| method |" in out

@@ -108,3 +108,14 @@ def test_extract_answer_on_real_gsm8k_solutions():
     assert len(rows) == 300 and all(a is not None for a in answers)
     assert answers[0] == "18"  # Janet's ducks
     assert all(a.lstrip("-").replace(".", "").isdigit() for a in answers)
+
+
+def test_trace_reward_pays_only_for_fully_correct_chains():
+    prompt = "3 +4 *2 *0 +5\n"
+    right = "3+4=7\n7*2=4\n4*0=0\n0+5=5\n#### 5"
+    hidden = "3+4=7\n7*2=5\n5*0=0\n0+5=5\n#### 5"  # a wrong step hidden by *0: the answer is right
+    short = "3+4=7\n#### 5"  # the right answer with steps missing
+    wrong = "3+4=7\n7*2=4\n4*0=0\n0+5=5\n#### 6"
+    comps = [right, hidden, short, wrong]
+    assert arithmetic.arithmetic_reward([prompt] * 4, comps) == [1.0, 1.0, 1.0, 0.0]
+    assert arithmetic.arithmetic_trace_reward([prompt] * 4, comps) == [1.0, 0.0, 0.0, 0.0]

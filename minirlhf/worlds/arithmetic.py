@@ -178,6 +178,15 @@ def arithmetic_reward(prompts: list[str], completions: list[str], modulus: int =
     return [check_chain(p, c, modulus).reward for p, c in zip(prompts, completions)]
 
 
+def arithmetic_trace_reward(prompts: list[str], completions: list[str], modulus: int = 10) -> list[float]:
+    """A stricter verifiable reward: 1.0 only if every step is valid and the answer is right.
+
+    With 10 possible answers, ~10% of wrong chains still end on the right answer by luck (and `*0`
+    hides earlier slips), so the outcome reward also pays for wrong reasoning; this one does not.
+    """
+    return [1.0 if check_chain(p, c, modulus).trace_correct else 0.0 for p, c in zip(prompts, completions)]
+
+
 def generate_split(n: int, min_ops: int, max_ops: int, modulus: int, seed: int) -> list[dict]:
     """Rows in TRL's prompt-completion format, plus the answer and the number of operations."""
     rng = random.Random(seed)
