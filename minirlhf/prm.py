@@ -29,7 +29,7 @@ rewards (min form, PURE: Cheng et al., 2025, "Stop Summation"). PURE approximate
 a softmin re-weighting of the rewards; we take the exact minimum.
 
 Run: `python -m minirlhf.prm` builds the verifiers (data/models/arith-prm-*, arith-orm). Status and
-measured numbers (best-of-N with these verifiers does NOT yet beat N = 1): docs/prm.md.
+measured numbers (best-of-64 whole-trace correctness: gold PRM 0.55, ORM 0.17, one sample 0.33): docs/prm.md.
 """
 
 from __future__ import annotations
