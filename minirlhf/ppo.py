@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .lm import Rollout, decode_completions, encode_prompts, last_token_index, sample, token_logprobs
 from .models import ScalarHeadModel
 from .rl import (aggregate_loss, clip_fractions, clipped_surrogate, clipped_value_loss, explained_variance,
@@ -110,6 +111,12 @@ class PPOConfig:
     """Seed for prompt order, sampling and minibatch order."""
     eval_every: int = 10
     """Evaluate on `eval_prompts` every this many steps (and at the end); 0 disables."""
+    checkpoint_dir: str | None = None
+    """Folder for the resumable checkpoint: policy and value weights, optimizer, RNG, KL coefficient."""
+    checkpoint_every: int = 0
+    """Write the checkpoint every this many steps (0: never)."""
+    resume: bool = False
+    """Continue from `checkpoint_dir` if a checkpoint is there."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,10 +407,17 @@ def train_ppo(policy, tokenizer, prompts: list[str], reward_fn_or_rm: RewardFn |
     optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)  # [D14]
     t0 = time.time()
     order, cursor = torch.randperm(len(prompts), generator=g), 0
-    if eval_prompts:
+    # 0c. resume: the trainable weights (policy and value model) and everything the loop carries
+    trained = nn.ModuleDict({"policy": policy, "value": value_model})
+    start, extra = resume_from(cfg, trained, optimizer)  # after the reference and value copies of the start
+    if start:
+        order, cursor, score_norm = extra["order"], extra["cursor"], tuple(extra["score_norm"])
+        g.set_state(extra["generator"])
+        kl_ctl.value = extra["kl_coef"]
+    elif eval_prompts:
         logger.log({"step": -1, **evaluate_policy(policy, ref_model, tokenizer, eval_prompts, cfg,
                                                    reward_fn_or_rm, gold_fn), "time": 0.0})
-    for step in range(cfg.steps):
+    for step in range(start, cfg.steps):
         # 1. a batch of training prompts (reshuffled at each pass over them)
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(prompts), generator=g), 0
@@ -428,5 +442,9 @@ def train_ppo(policy, tokenizer, prompts: list[str], reward_fn_or_rm: RewardFn |
         if eval_prompts and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1):
             logger.log({"step": step, **evaluate_policy(policy, ref_model, tokenizer, eval_prompts, cfg,
                                                         reward_fn_or_rm, gold_fn), "time": time.time() - t0})
+        if checkpoint_due(cfg, step + 1):
+            save_checkpoint(cfg.checkpoint_dir, trained, optimizer, step + 1, {
+                "order": order, "cursor": cursor, "score_norm": list(score_norm), "generator": g.get_state(),
+                "kl_coef": kl_ctl.value})
     policy.eval()
     return logger, policy

@@ -8,6 +8,7 @@ import torch
 from minirlhf import grpo
 from minirlhf.dpo import DPOConfig, train_dpo
 from minirlhf.models import ScalarHeadModel
+from minirlhf.ppo import PPOConfig, train_ppo
 from minirlhf.reward_model import RewardConfig, train_reward_model
 from minirlhf.sft import SFTConfig, train_sft
 from minirlhf.utils import MetricsLogger
@@ -121,6 +122,23 @@ def test_grpo_resume_after_kill_is_identical(tmp_path, tok, tiny_model):
     assert resumed.rows[0]["step"] == 5  # GRPO counts steps from 1: steps 1-4 were kept
     assert resumed.series("loss")[-1] == full.series("loss")[-1]
     assert resumed.series("reward/mean") == full.series("reward/mean")[4:]
+
+
+def test_ppo_resume_after_kill_is_identical(tmp_path, tok, tiny_model):
+    prompts = [r["prompt"] for r in ROWS]
+
+    def ones(prompts, completions):  # a dense toy reward
+        return [c.count("1") / 4 for c in completions]
+
+    # adaptive KL (its coefficient is carried across the kill), score normalisation, 2 epochs x 2 minibatches
+    cfg = PPOConfig(steps=6, batch_size=4, mini_batch_size=2, ppo_epochs=2, max_new_tokens=8, norm_samples=8,
+                    adaptive_kl=True, target_kl=0.01, kl_horizon=100, value_init="sft", eval_every=0)
+    full, resumed = check_resume(tmp_path, tiny_model,
+                                 lambda c, log: train_ppo(tiny_model, tok, prompts, ones, c, logger=log)[0],
+                                 cfg, kill_at=5, every=2)
+    assert resumed.rows[0]["step"] == 4  # steps 4 and 5 were lost and done again
+    assert resumed.series("objective/kl_coef") == full.series("objective/kl_coef")[4:]
+    assert resumed.series("loss/policy")[-1] == full.series("loss/policy")[-1]
 
 
 def test_nan_loss_stops_before_the_update(tok, tiny_model):
