@@ -122,7 +122,7 @@ def init_distributed(cmd_name: str, cmd: Command) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return 0
     if not cmd.distributed:
-        raise SystemExit(f"minirlhf {cmd_name} runs in one process; under torchrun use sft, rm or dpo")
+        raise SystemExit(f"minirlhf {cmd_name} runs in one process; under torchrun use sft, rm, dpo or grpo")
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" is now this rank's GPU
@@ -175,7 +175,7 @@ def _register_builtin() -> None:
         "dpo": Command(DPOConfig, commands.run_dpo, "DPO and its variants (--loss-type)", commands.dpo_args,
                        distributed=True),
         "grpo": Command(GRPOConfig, commands.run_grpo, "GRPO and its variants (--variant) on verifiable rewards",
-                        commands.grpo_args),
+                        commands.grpo_args, distributed=True),
         "prm": Command(commands.VerifierRunConfig, commands.run_prm,
                        "a process (or outcome) reward model on arithmetic, judged by best-of-N", commands.prm_args),
         "diffusion": Command(commands.DiffusionRunConfig, commands.run_diffusion,

@@ -49,7 +49,7 @@ from torch import Tensor
 from . import rl
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .lm import Rollout, decode_completions, encode_prompts, sample, token_logprobs
-from .utils import MetricsLogger, check_finite, set_seed
+from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -285,6 +285,23 @@ def concat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
                    prompt_length=P, ended=torch.cat([r.ended for r in rollouts]))
 
 
+def rank_share(input_ids: Tensor, attn: Tensor, mask: Tensor, advantages: Tensor, loss_agg: str
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
+    """This rank's contiguous share of the N rollout rows, and the fraction of the full batch loss
+    it carries under `loss_agg`: its tokens over all tokens for "token_mean", its rows over N for the
+    per-sequence means. (N, T) tensors, (N,) advantages -> the same, sliced, and the fraction
+    (everything, 1.0 on one process)."""
+    rank, world = dist_info()
+    N = len(advantages)
+    if world == 1:
+        return input_ids, attn, mask, advantages, 1.0
+    if N < world:
+        raise ValueError(f"{N} rollouts cannot be shared by {world} ranks")
+    lo, hi = rank * N // world, (rank + 1) * N // world
+    share = (mask[lo:hi].sum() / mask.sum()).item() if loss_agg == "token_mean" else (hi - lo) / N
+    return input_ids[lo:hi], attn[lo:hi], mask[lo:hi], advantages[lo:hi], share
+
+
 def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | list[RewardFn],
                cfg: GRPOConfig = GRPOConfig(), ref_model=None,
                eval_fn: Callable[[object], dict] | None = None,
@@ -295,7 +312,12 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
     cfg.reward_weights). eval_fn(model) -> dict is logged with an "eval/" prefix.
     With `cfg.checkpoint_dir` the run can be killed and resumed (`cfg.resume`) to the same
     weights: the checkpoint holds the prompt order, the sampling generator and the lr schedule.
-    Single-process only (no DDP).
+
+    Under `torchrun` every rank samples the *same* rollouts (same weights, same generator: sampling
+    is replicated, which keeps N processes exactly comparable with one) and trains on its share of
+    the rows; each share's loss is weighted by the part of the full batch loss it carries, so DDP's
+    average of the gradients is the one-process gradient. Metrics are rank 0's share; rank 0 alone
+    evaluates and checkpoints.
     """
     reward_fns = reward_fns if isinstance(reward_fns, (list, tuple)) else [reward_fns]
     if not prompts:
@@ -303,7 +325,9 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
     g = set_seed(cfg.seed)
     logger = logger or MetricsLogger()
     device = next(policy.parameters()).device
+    rank, world = dist_info()
     ref = make_reference(policy, cfg, ref_model)
+    ddp_policy = wrap_ddp(policy)  # the policy itself on one process
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99), eps=cfg.adam_eps, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: min(1.0, (n + 1) / (cfg.warmup_steps + 1)))
     B, G = cfg.prompts_per_step, cfg.group_size
@@ -316,12 +340,12 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
     t0 = time.time()
 
     def evaluate(step: int) -> None:
-        if eval_fn is not None:
+        if eval_fn is not None and rank == 0:
             logger.log({"step": step, **{f"eval/{k}": v for k, v in eval_fn(policy).items()},
                         "time": time.time() - t0})
 
     def checkpoint(step: int) -> None:
-        if checkpoint_due(cfg, step):
+        if rank == 0 and checkpoint_due(cfg, step):
             save_checkpoint(cfg.checkpoint_dir, policy, opt, step, {
                 "order": torch.tensor(order), "cursor": cursor, "generator": g.get_state(),
                 "scheduler": sched.state_dict()})
@@ -383,6 +407,8 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
         mask = ro.completion_mask[: B * G].float()  # (N, T)
         advantages = torch.cat(kept_adv)[: B * G].to(device)  # (N,)
         check_finite("advantages", advantages)
+        # under torchrun: this rank's rows, and the part of the full batch loss they carry
+        input_ids, attn, mask, advantages, share = rank_share(input_ids, attn, mask, advantages, cfg.loss_agg)
         # 4. log-probs of the sampling policy (pi_old) and of the reference, no gradient
         with torch.no_grad():
             old_logp = token_logprobs(policy, input_ids, attn, cfg.temperature)  # (N, T)
@@ -391,8 +417,10 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
         policy.train()
         row["lr"] = opt.param_groups[0]["lr"]  # after warmup: cfg.lr
         for update in range(cfg.mu):
-            logp, entropy = token_logprobs(policy, input_ids, attn, cfg.temperature, with_entropy=True)
+            logp, entropy = token_logprobs(ddp_policy, input_ids, attn, cfg.temperature, with_entropy=True)
             loss, metrics = grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg)
+            if world > 1:  # DDP averages the ranks' gradients: weight each by its part of the full loss
+                loss = loss * share * world
             check_finite("GRPO loss", loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()

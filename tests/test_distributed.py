@@ -1,5 +1,6 @@
 """Two CPU processes under DistributedDataParallel (gloo) train exactly like one process:
-SFT, the reward model and DPO each split every batch between the ranks, also from the command line."""
+SFT, the reward model and DPO each split every batch between the ranks, also from the command line;
+GRPO replicates sampling and splits the update."""
 
 import json
 import os
@@ -49,7 +50,26 @@ def dpo(tok):
     return policy
 
 
-TRAINERS = {"sft": sft, "reward_model": reward_model, "dpo": dpo}
+def grpo_run(variant, group_size):
+    """GRPO (seq-mean loss, beta > 0; 9 rows: shares of 4 and 5) or DAPO (token-mean loss, dynamic
+    sampling), mu = 2."""
+    def run(tok):
+        from minirlhf import grpo
+
+        policy = make_model(tok)
+        prompts = [r["prompt"] for r in ROWS]
+
+        def ones(ps, cs):  # a dense toy reward, so groups have non-zero advantages
+            return [c.count("1") / 4 for c in cs]
+        grpo.train_grpo(policy, tok, prompts, ones, grpo.preset(variant, steps=3, prompts_per_step=3, group_size=group_size,
+                                                                 max_new_tokens=8, mu=2, warmup_steps=1, lr=1e-3,
+                                                                 eval_every=0))
+        return policy
+    return run
+
+
+TRAINERS = {"sft": sft, "reward_model": reward_model, "dpo": dpo, "grpo": grpo_run("grpo", 3),
+            "dapo": grpo_run("dapo", 4)}
 
 
 def _worker(rank, world, port, name, out):
@@ -101,5 +121,5 @@ def test_single_process_commands_refuse_torchrun(monkeypatch):
     from minirlhf.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit, match="grpo runs in one process"):
-        main(["grpo", "--steps", "1"])
+    with pytest.raises(SystemExit, match="ppo runs in one process"):
+        main(["ppo", "--steps", "1"])
