@@ -327,3 +327,17 @@ def test_step_boundaries_match_split_into_steps_when_eos_follows_a_newline(tok):
         assert mask[torch.arange(3), last_token_index(b["completion_mask"])].all()
         # without eos_id, "a\\nb\\n<eos>" gets an empty third step
         assert step_boundary_mask(b["input_ids"], b["completion_mask"], sep).sum(-1).tolist() == [2, 3, 1]
+
+
+def test_within_prompt_auc_ignores_prompt_difficulty():
+    from minirlhf.prm import within_prompt_auc
+
+    # prompt 0 is easy (high scores), prompt 1 hard: pooled AUC rewards that, within-prompt does not
+    scores = torch.tensor([[0.9, 0.8, 0.7], [0.3, 0.2, 0.1]])
+    labels = torch.tensor([[0, 1, 1], [1, 0, 0]])  # the worst chain of prompt 0 is right, ...
+    assert within_prompt_auc(scores, labels) == pytest.approx((0.0 + 1.0) / 2)  # hand: AUC 0 and 1
+    assert auc(scores.flatten(), labels.flatten()) == pytest.approx(6 / 9)  # pooled: 6 of 9 pairs ordered
+    # prompts whose samples are all right or all wrong carry no ranking: skipped, and none left is an error
+    assert within_prompt_auc(torch.tensor([[0.1, 0.9], [0.5, 0.4]]), torch.tensor([[1, 1], [1, 0]])) == 1.0
+    with pytest.raises(ValueError, match="no prompt"):
+        within_prompt_auc(torch.tensor([[0.1, 0.9]]), torch.tensor([[0, 0]]))
