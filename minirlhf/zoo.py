@@ -148,7 +148,7 @@ BUILD_STEPS: dict[str, Callable[[], dict]] = {
     "review-sft": lambda: build_base_model("review-sft"),
     "review-rm": _lazy("minirlhf.reward_model", "build_shipped"),
     "diffusion": _lazy("minirlhf.diffusion.models", "build_shipped"),
-    "arith-verifiers": _lazy("minirlhf.prm", "build_verifiers"),
+    "arith-verifiers": _lazy("minirlhf.prm_build", "build_verifiers"),
 }
 
 
