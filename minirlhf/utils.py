@@ -53,8 +53,10 @@ def check_finite(name: str, value: torch.Tensor | float) -> None:
     t = torch.as_tensor(value)
     if not torch.isfinite(t).all():
         bad = (~torch.isfinite(t)).sum().item()
-        raise FloatingPointError(f"{name} is not finite ({bad} of {t.numel()} values are NaN/inf); "
-                                 "the step was stopped before updating the weights")
+        from .errors import NonFiniteError
+
+        raise NonFiniteError(f"{name} is not finite ({bad} of {t.numel()} values are NaN/inf); "
+                             "the step was stopped before updating the weights")
 
 
 class MetricsLogger:
