@@ -48,6 +48,7 @@ from torch import Tensor
 
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .data import encode_preference_batch  # (2B, T): the B chosen rows, then the B rejected rows
+from .errors import ConfigError, check_checkpointing, check_config
 from .lm import token_logprobs
 from .rl import masked_sum
 from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
@@ -103,6 +104,19 @@ class DPOConfig:
     """Write the checkpoint every this many steps (0: never)."""
     resume: bool = False
     """Continue from `checkpoint_dir` if a checkpoint is there."""
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
+        check_config(self, at_least_1=("batch_size", "steps", "max_length", "ref_batch_size", "log_every"),
+                     positive=("lr",), choices={"loss_type": LOSS_TYPES},
+                     non_negative=("beta", "simpo_gamma", "kto_desirable_weight", "kto_undesirable_weight",
+                                   "rpo_alpha", "warmup_steps", "max_grad_norm", "eval_every"))
+        check_config(self, fractions=("label_smoothing",))
+        if self.beta == 0 and self.loss_type != "orpo":
+            raise ConfigError(f"--beta must be > 0 for --loss-type {self.loss_type}, got 0")
+        if self.label_smoothing >= 0.5:
+            raise ConfigError(f"--label-smoothing must be < 0.5 (0.5 ignores the labels), got {self.label_smoothing}")
+        check_checkpointing(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,8 +309,7 @@ def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(),
     rank 0's share. With `cfg.checkpoint_dir` the run can be killed and resumed (`cfg.resume`)
     to the same weights; the reference is always built from `policy` as passed in (the start).
     """
-    if cfg.loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type={cfg.loss_type!r}: expected one of {LOSS_TYPES}")
+    cfg.validate()  # a bad value stops here, before any work
     validate_preference_rows(rows)
     g = set_seed(cfg.seed)
     logger = logger or MetricsLogger()

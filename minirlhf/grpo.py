@@ -48,6 +48,7 @@ from torch import Tensor
 
 from . import rl
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
+from .errors import check_checkpointing, check_config
 from .lm import Rollout, decode_completions, encode_prompts, sample, token_logprobs
 from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
 
@@ -116,6 +117,18 @@ class GRPOConfig:
     """Write the checkpoint every this many steps (0: never)."""
     resume: bool = False
     """Continue from `checkpoint_dir` if a checkpoint is there."""
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
+        check_config(self, at_least_1=("steps", "prompts_per_step", "mu", "max_new_tokens", "max_sampling_rounds",
+                                       "overlong_max_len"),
+                     at_least={"group_size": 2},  # a group baseline needs two completions to compare
+                     positive=("lr", "adam_eps", "temperature", "adv_eps"),
+                     non_negative=("warmup_steps", "max_grad_norm", "beta", "clip_low", "clip_high",
+                                   "overlong_cache", "eval_every"),
+                     choices={"variant": PRESETS, "advantage": ("group", "rloo"),
+                              "importance": ("token", "sequence"), "loss_agg": rl.AGGREGATIONS})
+        check_checkpointing(self)
 
 
 PRESETS: dict[str, dict] = {
@@ -319,6 +332,7 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
     average of the gradients is the one-process gradient. Metrics are rank 0's share; rank 0 alone
     evaluates and checkpoints.
     """
+    cfg.validate()  # a bad value stops here, before any work
     reward_fns = reward_fns if isinstance(reward_fns, (list, tuple)) else [reward_fns]
     if not prompts:
         raise ValueError("train_grpo needs at least one prompt")

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
+from .errors import ConfigError, check_checkpointing, check_config
 from .lm import Rollout, decode_completions, encode_prompts, last_token_index, sample, token_logprobs
 from .models import ScalarHeadModel
 from .rl import (aggregate_loss, clip_fractions, clipped_surrogate, clipped_value_loss, explained_variance,
@@ -117,6 +118,17 @@ class PPOConfig:
     """Write the checkpoint every this many steps (0: never)."""
     resume: bool = False
     """Continue from `checkpoint_dir` if a checkpoint is there."""
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
+        check_config(self, at_least_1=("steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
+                                       "norm_samples", "kl_horizon"),
+                     positive=("lr", "adam_eps", "temperature", "target_kl"),
+                     non_negative=("beta", "max_grad_norm", "cliprange", "cliprange_value", "vf_coef", "eval_every"),
+                     fractions=("gamma", "lam"), choices={"value_init": ("reward_model", "sft")})
+        if self.mini_batch_size > self.batch_size:
+            raise ConfigError(f"--mini-batch-size ({self.mini_batch_size}) must be <= --batch-size ({self.batch_size})")
+        check_checkpointing(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,13 +374,12 @@ def train_ppo(policy, tokenizer, prompts: list[str], reward_fn_or_rm: RewardFn |
     value_model: default per `cfg.value_init` [D8]. gold_fn: logged as `objective/gold` on the
     training rollouts and `eval/gold` on `eval_prompts`. Every row of the log has `step`.
     """
+    cfg.validate()  # a bad value stops here, before any work
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p:
             raise ValueError(f"prompts[{i}]: expected a non-empty string, got {p!r}")
     if not any(p.requires_grad for p in policy.parameters()):
         raise ValueError("the policy has no parameter with requires_grad=True (is it a frozen reference model?)")
-    if cfg.value_init not in ("reward_model", "sft"):
-        raise ValueError(f"value_init={cfg.value_init!r}: choose 'reward_model' or 'sft'")
     g = set_seed(cfg.seed)
     logger = logger or MetricsLogger()
     device = next(policy.parameters()).device

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import check_config
 from .lm import decode_completions, encode_pairs, encode_prompts, last_token_index, sample, token_logprobs
 from .models import ScalarHeadModel
 from .rl import masked_mean
@@ -428,6 +429,11 @@ class VerifierConfig:
     eval_every: int = 0
     """With an `eval_fn`: score the model every this many steps and keep the best (early stopping)."""
 
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
+        check_config(self, at_least_1=("batch_size", "steps", "log_every"), positive=("lr",),
+                     non_negative=("beta", "max_grad_norm", "eval_every"))
+
 
 def train_verifier(model, tokenizer, rows: list[dict], kind: str, cfg: VerifierConfig = VerifierConfig(),
                    ref=None, eval_fn: Callable | None = None) -> MetricsLogger:
@@ -435,6 +441,7 @@ def train_verifier(model, tokenizer, rows: list[dict], kind: str, cfg: VerifierC
     the last token; "implicit": the same rows, `model` a causal LM and `ref` its frozen copy.
     `eval_fn(model) -> float` (higher is better, e.g. held-out AUC) is logged as "val" every
     `cfg.eval_every` steps and at the end; the best weights seen are restored (early stopping)."""
+    cfg.validate()  # a bad value stops here, before any work
     if kind not in ("prm", "orm", "implicit"):
         raise ValueError(f"unknown verifier kind {kind!r}")
     if kind == "implicit" and ref is None:

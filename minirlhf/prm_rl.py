@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .errors import check_config
 from .lm import decode_completions, encode_prompts, sample, token_logprobs
 from .prm import SEPARATOR, scatter_steps, step_boundary_mask
 from .rl import aggregate_loss, clipped_surrogate, discounted_returns, kl_k3, masked_mean, rloo_advantages
@@ -96,12 +97,19 @@ class DenseRLConfig:
     seed: int = 0
     """Seed for prompts and sampling."""
 
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
+        check_config(self, at_least_1=("iterations", "prompts_per_iter", "epochs", "max_new_tokens"),
+                     at_least={"group_size": 2}, positive=("lr", "temperature"),
+                     non_negative=("clip", "kl_coef", "process_coef"), choices={"form": ("min", "sum")})
+
 
 def train_dense_rl(policy, ref, tokenizer, prompts: list[str], outcome_fn: Callable,
                    step_reward_fn: Callable | None, cfg: DenseRLConfig = DenseRLConfig(),
                    eval_fn: Callable | None = None, eval_every: int = 10) -> MetricsLogger:
     """RL on `prompts`. outcome_fn(prompts, completions) -> [float]; step_reward_fn(prompts,
     completions) -> [[float per step of split_into_steps(completion)]] (needed if process_coef > 0)."""
+    cfg.validate()  # a bad value stops here, before any work
     g, log = set_seed(cfg.seed), MetricsLogger()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
     sep = tokenizer.convert_tokens_to_ids(SEPARATOR)

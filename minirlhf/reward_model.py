@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .data import encode_preference_batch
+from .errors import check_checkpointing, check_config
 from .lm import encode_pairs, generate, last_token_index
 from .models import MODELS_DIR, ScalarHeadModel, count_parameters, load_tokenizer
 from .sft import SFTConfig, lr_at
@@ -81,6 +82,13 @@ class RewardConfig:
     """Write the checkpoint every this many steps (0: never)."""
     resume: bool = False
     """Continue from `checkpoint_dir` if a checkpoint is there."""
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
+        check_config(self, at_least_1=("batch_size", "steps", "max_length", "log_every"), positive=("lr",),
+                     non_negative=("warmup_steps", "weight_decay", "max_grad_norm", "center_coef"),
+                     fractions=("min_lr_ratio",))
+        check_checkpointing(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +258,7 @@ def train_reward_model(rm: ScalarHeadModel, tokenizer, rows: list[dict], cfg: Re
     of one. Logged metrics are rank 0's share. With `cfg.checkpoint_dir` the run can be killed
     and resumed (`cfg.resume`) to the same weights.
     """
+    cfg.validate()  # a bad value stops here, before any work
     g = set_seed(cfg.seed)
     logger = logger or MetricsLogger()
     rank, world = dist_info()

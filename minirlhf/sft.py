@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
+from .errors import check_checkpointing, check_config
 from .lm import encode_pairs, token_logprobs
 from .rl import masked_mean
 from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
@@ -63,6 +64,12 @@ class SFTConfig:
     resume: bool = False
     """Continue from `checkpoint_dir` if a checkpoint is there."""
 
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
+        check_config(self, at_least_1=("batch_size", "steps", "max_length", "log_every"), positive=("lr",),
+                     non_negative=("warmup_steps", "weight_decay", "max_grad_norm"), fractions=("min_lr_ratio",))
+        check_checkpointing(self)
+
 
 def sft_loss(logps: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood over the masked tokens. logps, loss_mask: (B, T) -> scalar."""
@@ -101,6 +108,7 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
     and gradients are averaged by DistributedDataParallel; the loss is normalised by the number
     of tokens over all ranks, so N processes compute exactly the update of one.
     """
+    cfg.validate()  # a bad value stops here, before any work
     g = set_seed(cfg.seed)
     logger = logger or MetricsLogger()
     device = next(model.parameters()).device

@@ -207,7 +207,7 @@ def test_rpo_term_adds_length_normalised_nll(tok):
 def test_bad_rows_name_the_row_and_field(tok):
     with pytest.raises(ValueError, match=r"row 1: field 'rejected'"):
         dpo.train_dpo(tiny(tok), tok, [ROWS[0], {"prompt": "it is", "chosen": " good ."}], DPOConfig(steps=1))
-    with pytest.raises(ValueError, match="loss_type"):
+    with pytest.raises(ValueError, match="--loss-type must be one of"):
         dpo.train_dpo(tiny(tok), tok, ROWS, DPOConfig(loss_type="nope"))
 
 

@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..errors import check_config
 from ..rl import clip_fractions, clipped_surrogate, group_advantages, masked_mean
 from ..utils import MetricsLogger, check_finite
 from .samplers import Trajectory, sample, trajectory_logprobs
@@ -68,6 +69,12 @@ class DDPOConfig:
     seed: int = 0
     """Seed for labels and sampling noise."""
 
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
+        check_config(self, at_least_1=("iterations", "labels_per_batch", "samples_per_label", "n_steps",
+                                       "inner_epochs", "minibatches"),
+                     positive=("lr",), non_negative=("eta", "clip_range", "adv_clip_max", "max_grad_norm"))
+
 
 def ddpo_sf_loss(logp: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
     """REINFORCE over denoising steps (DDPO_SF): -mean_{b,t} A_b log p_theta(x_{t-1}|x_t). logp, mask: (B, K); A: (B,)."""
@@ -92,6 +99,7 @@ def train_ddpo(policy, reward_fn: Callable[[Tensor, Tensor], Tensor], cfg: DDPOC
                logger: MetricsLogger | None = None) -> MetricsLogger:
     """Train `policy` (a DDPM Denoiser, updated in place) to maximise reward_fn(labels, x0)."""
     cfg = cfg or DDPOConfig()
+    cfg.validate()  # a bad value stops here, before any work
     if cfg.eta <= 0:
         raise ValueError("DDPO needs a stochastic sampler: eta must be > 0")
     g = torch.Generator().manual_seed(cfg.seed)

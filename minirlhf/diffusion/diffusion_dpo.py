@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import check_config
 from ..utils import MetricsLogger, check_finite
 from .ddpo import frozen_copy
 from .samplers import alpha_bar, sample
@@ -52,6 +53,11 @@ class DiffusionDPOConfig:
     """Gradient clipping by global norm."""
     seed: int = 0
     """Seed for batches, timesteps and noise."""
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
+        check_config(self, at_least_1=("steps", "batch_size"), positive=("lr", "beta"),
+                     non_negative=("max_grad_norm",))
 
 
 @torch.no_grad()
@@ -104,6 +110,7 @@ def train_diffusion_dpo(policy, pairs: dict[str, Tensor], cfg: DiffusionDPOConfi
                         logger: MetricsLogger | None = None) -> MetricsLogger:
     """Fine-tune `policy` in place on preference pairs; `ref` defaults to a frozen copy of its start."""
     cfg = cfg or DiffusionDPOConfig()
+    cfg.validate()  # a bad value stops here, before any work
     for key in ("labels", "chosen", "rejected"):
         if key not in pairs:
             raise KeyError(f"pairs is missing the field {key!r}")

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError, check_config
 from ..utils import MetricsLogger, check_finite
 from .samplers import sample
 
@@ -54,6 +55,13 @@ class DRaFTConfig:
     seed: int = 0
     """Seed for labels and noise."""
 
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
+        check_config(self, at_least_1=("iterations", "batch_size", "n_steps", "k"), positive=("lr",),
+                     non_negative=("noise", "max_grad_norm"))
+        if self.k > self.n_steps:
+            raise ConfigError(f"--k ({self.k}) must be <= --n-steps ({self.n_steps})")
+
 
 def draft_loss(rewards: Tensor) -> Tensor:
     """DRaFT's objective to minimise: -mean reward of samples that keep their graph. rewards: (B,)."""
@@ -65,6 +73,7 @@ def train_draft(policy, reward_fn: Callable[[Tensor, Tensor], Tensor], cfg: DRaF
                 logger: MetricsLogger | None = None) -> MetricsLogger:
     """Fine-tune `policy` in place by backpropagating a differentiable reward through sampling."""
     cfg = cfg or DRaFTConfig()
+    cfg.validate()  # a bad value stops here, before any work
     g = torch.Generator().manual_seed(cfg.seed)
     logger = logger or MetricsLogger()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)

@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..errors import check_config
 from ..rl import clip_fractions, clipped_surrogate, group_advantages, kl_k3, masked_mean
 from ..utils import MetricsLogger, check_finite
 from .ddpo import frozen_copy, select
@@ -69,6 +70,13 @@ class FlowGRPOConfig:
     seed: int = 0
     """Seed for labels and noise."""
 
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
+        check_config(self, at_least_1=("iterations", "labels_per_batch", "n_steps", "minibatches", "inner_epochs"),
+                     at_least={"samples_per_label": 2}, positive=("lr",),
+                     non_negative=("noise_level", "beta", "clip_range", "max_grad_norm"),
+                     choices={"kl_estimator": ("analytic", "k3")})
+
 
 def flow_grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, kl: Tensor, mask: Tensor,
                    clip_range: float, beta: float) -> tuple[Tensor, Tensor]:
@@ -85,10 +93,9 @@ def train_flow_grpo(policy, reward_fn: Callable[[Tensor, Tensor], Tensor], cfg: 
                     logger: MetricsLogger | None = None) -> MetricsLogger:
     """Train a flow `policy` (updated in place); `ref` defaults to a frozen copy of its start."""
     cfg = cfg or FlowGRPOConfig()
+    cfg.validate()  # a bad value stops here, before any work
     if policy.kind != "flow":
         raise ValueError(f"Flow-GRPO trains a rectified-flow model, got kind={policy.kind!r}")
-    if cfg.kl_estimator not in ("analytic", "k3"):
-        raise ValueError(f"kl_estimator must be 'analytic' or 'k3', got {cfg.kl_estimator!r}")
     ref = ref if ref is not None else frozen_copy(policy)
     g = torch.Generator().manual_seed(cfg.seed)
     logger = logger or MetricsLogger()
