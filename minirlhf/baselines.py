@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .commands import REVIEW_EVAL_PROMPTS, _review_eval, sequence_kl
+from .errors import ConfigError
 
 
 @dataclass
@@ -169,6 +170,9 @@ def run_baselines(args, cfg: BaselinesConfig) -> dict:
     torch.manual_seed(cfg.seed)
     rows = {**_review_rows(cfg.seed), **_arith_rows(cfg.seed), **_diffusion_rows(cfg.seed)}
     wanted = [w.strip().lower() for w in cfg.only.split(",") if w.strip()]
+    unmatched = [w for w in wanted if not any(w in name.lower() for name in rows)]
+    if unmatched:
+        raise ConfigError(f"--only {','.join(unmatched)} matches no row; rows: {', '.join(rows)}")
     results, t_all = {}, time.time()
     for name, fn in rows.items():
         if wanted and not any(w in name.lower() for w in wanted):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import re
 import sys
 import typing
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import ConfigError, UserError, debug_enabled
 from .utils import MetricsLogger
 
 
@@ -66,13 +69,11 @@ def build_config(config_cls: type, args: argparse.Namespace):
     flags set are left in `args.given_fields` (for runners that start from another default)."""
     values: dict[str, Any] = {}
     if getattr(args, "preset", None):
-        import yaml
-
-        preset = yaml.safe_load(Path(args.preset).read_text()) or {}
+        preset = _read_preset(args.preset)
         names = {f.name for f in dataclasses.fields(config_cls)}
         unknown = set(preset) - names - {"model", "dataset", "name"}
         if unknown:
-            raise SystemExit(f"{args.preset}: unknown fields {sorted(unknown)} for {config_cls.__name__}")
+            raise ConfigError(f"unknown fields {sorted(unknown)} for {config_cls.__name__}", f"--preset {args.preset}")
         for key in ("model", "dataset", "name"):
             if key in preset and getattr(args, key, None) is None:
                 setattr(args, key, preset.pop(key))
@@ -82,7 +83,26 @@ def build_config(config_cls: type, args: argparse.Namespace):
         if v is not None:
             values[f.name] = v
     args.given_fields = sorted(values)
-    return config_cls(**values)
+    try:
+        return config_cls(**values)
+    except TypeError as e:  # a preset value of the wrong kind (a list where a number goes ...)
+        raise ConfigError(str(e), f"--preset {args.preset}") from None
+
+
+def _read_preset(path: str) -> dict[str, Any]:
+    """The YAML preset as a dict, or a ConfigError naming the file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("no such file" if not p.exists() else "not a file", f"--preset {path}")
+    try:
+        preset = yaml.safe_load(p.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"not valid YAML: {' '.join(str(e).split())}", f"--preset {path}") from None
+    if not isinstance(preset, dict):
+        raise ConfigError(f"expected a mapping of config fields, got a {type(preset).__name__}", f"--preset {path}")
+    return preset
 
 
 def _parse_bool(s: str) -> bool:
@@ -122,7 +142,7 @@ def init_distributed(cmd_name: str, cmd: Command) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return 0
     if not cmd.distributed:
-        raise SystemExit(f"minirlhf {cmd_name} runs in one process; under torchrun use sft, rm, dpo or grpo")
+        raise ConfigError(f"minirlhf {cmd_name} runs in one process; under torchrun use sft, rm, dpo or grpo")
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" is now this rank's GPU
@@ -188,24 +208,96 @@ def _register_builtin() -> None:
         COMMANDS.setdefault(name, cmd)
 
 
-def main(argv: list[str] | None = None) -> int:
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are ConfigErrors: one line and exit 1, like every other user error."""
+
+    def error(self, message: str):
+        raise ConfigError(message, self.prog)
+
+
+# a flag followed by a negative number in any notation (-1e-3, -.5, -2): argparse alone would read
+# "-1e-3" as an unknown option, so such pairs are joined as "--flag=-1e-3" first
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$", re.IGNORECASE)
+
+
+def _join_negative_numbers(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    for tok in argv:
+        if _NEGATIVE_NUMBER.match(tok) and out and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
     _register_builtin()
-    parser = argparse.ArgumentParser(prog="minirlhf", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="minirlhf", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error "
+                        "(also MINIRLHF_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         p.add_argument("--preset", default=None, help="YAML file of config fields (flags override it)")
         p.add_argument("--name", default=None, help="run name: outputs go to runs/<name>/")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+        p.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for torch (default: MINIRLHF_THREADS or 1: the tiny models run as fast "
+                            "on one, and a run is bit-reproducible for a seed and a thread count)")
         p.add_argument("--trust-remote-code", action="store_true",
                        help="allow a hub model's own Python code (off by default: it runs arbitrary code)")
+        p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
         if cmd.add_args:
             cmd.add_args(p)
         add_config_args(p, cmd.config_cls)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def set_determinism(threads: int | None) -> int:
+    """Fix the CPU thread count and ask torch for deterministic kernels; returns the thread count.
+
+    Results are bit-reproducible for a seed and a thread count on one machine: the number of
+    threads changes the order of floating-point sums. Different CPUs can still differ in the last
+    bits, which long RL runs amplify; that is why the notebooks assert with margins (docs/seeds.md).
+    """
+    n = threads if threads is not None else int(os.environ.get("MINIRLHF_THREADS", "1"))
+    if n < 1:
+        raise ConfigError(f"--threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. A user's mistake (UserError) prints `error: ...` on one line and returns 1;
+    `--debug` or MINIRLHF_DEBUG=1 re-raises it with its traceback. Other exceptions are bugs and
+    keep their traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or debug_enabled()
+    where = "minirlhf" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")
+    try:
+        return _main(argv)
+    except UserError as e:
+        if debug:
+            raise
+        msg = str(e) if e.where or not isinstance(e, ConfigError) else f"{e} ({where})"
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted; the metrics logged so far and the last checkpoint (if any) are kept "
+              f"({where})", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(_join_negative_numbers(argv))
     cmd = COMMANDS[args.command]
     cfg = build_config(cmd.config_cls, args)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if hasattr(cfg, "validate"):
+        cfg.validate()  # before any data or model is loaded
+    args.threads = set_determinism(args.threads)
     rank = init_distributed(args.command, cmd)
     summary = cmd.run(args, cfg)
     if rank == 0:

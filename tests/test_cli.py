@@ -100,7 +100,8 @@ def test_dpo_killed_then_resumed_with_the_same_command(workdir, capsys):
     run(capsys, argv + ["--steps", "2"])  # as if killed after step 2 of 3
     s = run(capsys, argv + ["--steps", "3", "--resume"])
     rows = [json.loads(line) for line in (workdir / "runs/dpo/metrics.jsonl").read_text().splitlines()]
-    assert s["steps"] == 3 and rows[0]["step"] == 2  # only step 3 (index 2) was run again
+    # the file holds the whole run once: steps 1-2 (indices 0, 1) from the first run, step 3 from the resumed one
+    assert s["steps"] == 3 and [r["step"] for r in rows] == [0, 1, 2]
 
 
 def test_prm_on_its_tiny_preset(workdir, capsys):
@@ -161,10 +162,10 @@ def test_invalid_utf8_row_is_named_or_dropped_and_counted(workdir, capsys):
     assert "dropped 1 of 2 invalid rows" in err and "row 1, field 'chosen'" in err
 
 
-def test_unknown_preset_field_is_an_error(workdir):
+def test_unknown_preset_field_is_an_error(workdir, capsys):
     (workdir / "bad.yaml").write_text("stepz: 3\n")
-    with pytest.raises(SystemExit, match="stepz"):
-        main(["sft", "--preset", str(workdir / "bad.yaml")])
+    assert main(["sft", "--preset", str(workdir / "bad.yaml")]) == 1
+    assert "unknown fields ['stepz'] for SFTConfig" in capsys.readouterr().err
 
 
 def test_every_shipped_preset_parses_into_its_config():
