@@ -46,16 +46,30 @@ def encode_prompts(tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:
     return pad_left(seqs, tokenizer.pad_token_id)
 
 
+def ends_with_eos(tokenizer, text: str) -> bool:
+    """True if `text` already ends with the tokenizer's EOS token (trailing whitespace aside): a
+    completion rendered by a chat template whose end-of-turn token is the EOS, such as ChatML's
+    "<|im_end|>\\n". Such a completion gets no second EOS."""
+    eos = getattr(tokenizer, "eos_token", None)
+    return bool(eos) and text.rstrip().endswith(eos)
+
+
+def needs_eos(tokenizer, completion: str, add_eos: bool = True) -> bool:
+    """Whether `encode_pairs` appends EOS to this completion (1 token more to count)."""
+    return add_eos and not ends_with_eos(tokenizer, completion)
+
+
 def encode_pairs(tokenizer, prompts: list[str], completions: list[str], add_eos: bool = True,
                  max_length: int | None = None) -> dict[str, Tensor]:
-    """(prompt, completion) texts -> the batch layout above, with EOS after each completion.
+    """(prompt, completion) texts -> the batch layout above, with EOS after each completion
+    (unless its text already ends with EOS: `ends_with_eos`).
 
     Raises a ValueError naming the row if a sequence is longer than `max_length` (nothing is
     truncated silently).
     """
     p_seqs = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    c_seqs = [tokenizer(c, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id]
-              if add_eos else []) for c in completions]
+    c_seqs = [tokenizer(c, add_special_tokens=False)["input_ids"]
+              + ([tokenizer.eos_token_id] if needs_eos(tokenizer, c, add_eos) else []) for c in completions]
     if max_length is not None:
         for i, (p, c) in enumerate(zip(p_seqs, c_seqs)):
             if len(p) + len(c) > max_length:

@@ -84,14 +84,45 @@ def test_sampling_masks_eos_and_reproducibility(tok, tiny_model):
     assert all(tok.eos_token not in t for t in decode_completions(tok, r1))
 
 
-def test_sampled_logprobs_match_recomputed(tok, tiny_model):
-    """The sampler's distribution and token_logprobs agree: greedy tokens have the max log-prob."""
+def test_greedy_tokens_have_the_highest_logprob(tok, tiny_model):
+    """Greedy sampling (temperature 0) picks, at every step, the token token_logprobs scores highest."""
     ids, mask = encode_prompts(tok, ["ab", "abcdef"])
     r = sample(tiny_model, ids, mask, 6, tok.eos_token_id, tok.pad_token_id, temperature=0)
-    out = tiny_model(input_ids=r.input_ids, attention_mask=r.attention_mask,
-                     position_ids=(r.attention_mask.cumsum(-1) - 1).clamp(min=0))
+    lp = token_logprobs(tiny_model, r.input_ids, r.attention_mask)  # (B, T)
     P = r.prompt_length
+    checked = 0
     for i in range(2):
         for t in range(P, r.input_ids.shape[1]):
             if r.completion_mask[i, t]:
-                assert out.logits[i, t - 1].argmax().item() == r.input_ids[i, t].item()
+                # every other token at that position, put in place of the sampled one, scores lower
+                alt = r.input_ids[i:i + 1].repeat(len(tok), 1)
+                alt[:, t] = torch.arange(len(tok))
+                lp_all = token_logprobs(tiny_model, alt, r.attention_mask[i:i + 1].repeat(len(tok), 1))[:, t]
+                assert lp_all.argmax().item() == r.input_ids[i, t].item()
+                assert torch.isclose(lp[i, t], lp_all.max(), atol=1e-5)
+                checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_frequencies_match_token_logprobs(tok, tiny_model, temperature):
+    """Sample one token 4,000 times: the frequencies are exp(token_logprobs) at the same temperature
+    (total variation < 0.05), and clearly not the distribution of another temperature."""
+    with torch.no_grad():
+        tiny_model.get_output_embeddings().weight.mul_(8.0)  # a peaked, non-uniform next-token distribution
+    n = 4000
+    ids, mask = encode_prompts(tok, ["3 +4"] * n)
+    r = sample(tiny_model, ids, mask, 1, tok.eos_token_id, tok.pad_token_id, temperature=temperature,
+               generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(r.completion_ids[:, 0], minlength=len(tok)).float() / n
+    full = r.input_ids[:1].repeat(len(tok), 1)
+    full[:, -1] = torch.arange(len(tok))  # every possible first token after the prompt
+
+    def probs(temp):
+        return token_logprobs(tiny_model, full, r.attention_mask[:1].repeat(len(tok), 1), temperature=temp)[:, -1].exp()
+
+    p = probs(temperature)
+    assert torch.isclose(p.sum(), torch.tensor(1.0), atol=1e-4)
+    assert 0.5 * (freq - p).abs().sum() < 0.05
+    other = probs(1.0 if temperature != 1.0 else 0.5)
+    assert 0.5 * (freq - other).abs().sum() > 0.1  # the check can tell temperatures apart

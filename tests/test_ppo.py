@@ -245,3 +245,60 @@ def test_train_ppo_end_to_end_raises_a_simple_reward(tok):
     betas = log.series("objective/kl_coef")
     assert betas[0] == cfg.beta and betas[-1] != cfg.beta  # the adaptive controller moved
     assert len(log.series("eval/gold")) == 3  # before training, after step 6 and after step 12
+
+
+def test_clipped_value_loss_on_hand_values():
+    """V_clip = V_old + clip(V - V_old, -0.2, 0.2); loss = 1/2 mean max((V-R)^2, (V_clip-R)^2) over the mask.
+    Step 0: V moved by exactly the clip: both terms 0.25. Step 1: the unclipped term is larger (1.0 vs 0.04).
+    Step 2: the clipped term wins (V_clip = 1.2, R = 3: 3.24 vs 1.0). Step 3 is masked out (it would add 81)."""
+    from minirlhf.rl import clipped_value_loss
+
+    values = torch.tensor([[1.0, 2.0, 2.0, 9.0]])
+    old = torch.tensor([[0.8, 1.0, 1.0, 0.0]])
+    returns = torch.tensor([[1.5, 1.0, 3.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    loss, clipfrac = clipped_value_loss(values, old, returns, mask, clip=0.2)
+    assert math.isclose(loss.item(), 0.5 * (0.25 + 1.0 + 3.24) / 3, rel_tol=1e-6)
+    assert math.isclose(clipfrac.item(), 1 / 3, rel_tol=1e-6)
+    # with a clip wide enough to never bind, it is plain 1/2 MSE
+    loss_wide, frac_wide = clipped_value_loss(values, old, returns, mask, clip=100.0)
+    assert math.isclose(loss_wide.item(), 0.5 * (0.25 + 1.0 + 1.0) / 3, rel_tol=1e-6) and frac_wide.item() == 0.0
+
+
+def test_explained_variance_on_hand_values():
+    """returns 1,2,3,4 and values 1,2,3,3: Var[R - V] = 0.25, Var[R] = 5/3 (unbiased), EV = 1 - 0.15 = 0.85."""
+    from minirlhf.rl import explained_variance
+
+    returns = torch.tensor([[1.0, 2.0, 3.0, 4.0, 50.0]])
+    values = torch.tensor([[1.0, 2.0, 3.0, 3.0, -50.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])  # the last step is masked out
+    assert math.isclose(explained_variance(values, returns, mask).item(), 0.85, rel_tol=1e-6)
+    assert math.isclose(explained_variance(returns, returns, mask).item(), 1.0, abs_tol=1e-6)
+    assert explained_variance(torch.full_like(returns, 2.5), returns, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ppo_loss_is_policy_loss_plus_vf_coef_times_value_loss(tok):
+    """ppo_loss on-policy (old log-probs = current, old values = current): ratio 1, so the policy loss is
+    -mean(A) over completion tokens, the value clip cannot bind, and the total is pg + vf_coef * 1/2 MSE."""
+    from minirlhf.ppo import ppo_loss
+
+    policy, ref, value, reward = tiny_rl_setup(tok)
+    torch.nn.init.normal_(value.head.weight, std=0.5)  # values away from 0, so the value loss is not trivial
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 10, 11, 0]])
+    attn = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 1, 1, 0]], dtype=torch.float)
+    with torch.no_grad():
+        logp = token_logprobs(policy, ids, attn)
+        v = token_values(value, ids, attn)
+    adv = torch.tensor([[0.0, 0.0, 1.0, -2.0, 0.5], [0.0, 0.0, 3.0, 1.0, 0.0]])
+    returns = torch.tensor([[0.0, 0.0, 1.0, 0.0, 2.0], [0.0, 0.0, -1.0, 0.5, 0.0]])
+    mb = {"input_ids": ids, "attention_mask": attn, "mask": mask, "old_logp": logp, "advantages": adv,
+          "old_values": v, "returns": returns}
+    pg_expected = -(1.0 - 2.0 + 0.5 + 3.0 + 1.0) / 5
+    vf_expected = 0.5 * (((v - returns) ** 2) * mask).sum().item() / 5
+    for vf_coef in (0.1, 1.0):
+        loss, stats = ppo_loss(policy, value, mb, PPOConfig(vf_coef=vf_coef))
+        assert math.isclose(stats["loss/policy"].item(), pg_expected, rel_tol=1e-5)
+        assert math.isclose(stats["loss/value"].item(), vf_expected, rel_tol=1e-5)
+        assert math.isclose(loss.item(), pg_expected + vf_coef * vf_expected, rel_tol=1e-5)
+        assert stats["val/clipfrac"].item() == 0.0 and stats["policy/ratio_max_dev"].item() < 1e-6

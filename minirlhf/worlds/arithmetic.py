@@ -23,10 +23,22 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable
 
 OPS = ("+", "-", "*")
 STEP_RE = re.compile(r"^(\d+)([+\-*])(\d+)=(\d+)$")
 ANSWER_RE = re.compile(r"####\s*(-?[\d,]+(?:\.\d+)?)")
+
+# A number as people and models write it: "-3", "$1,234", "-$5", "12.00", ".5" (group "sign", "sign2", "digits")
+NUMBER = r"(?P<sign>-?)\s*(?:\\?\$)?\s*(?P<sign2>-?)(?P<digits>\d[\d,]*(?:\.\d+)?|\.\d+)"
+# Where a final answer is written, most explicit first; the last occurrence of the first kind found counts
+FINAL_ANSWER_RES = (
+    re.compile(r"####\s*" + NUMBER),  # GSM8K: "#### 1,234"
+    re.compile(r"\\boxed\{\s*" + NUMBER + r"\s*(?:\\?%)?\s*\}"),  # LaTeX: "\boxed{12}"
+    re.compile(r"answer\s*(?:is|:)\s*:?[\s*]*" + NUMBER, re.IGNORECASE),  # "The answer is 12."
+    re.compile(r"^\s*" + NUMBER + r"\s*\.?\s*$"),  # the whole text: "12"
+)
 
 
 @dataclass
@@ -108,6 +120,37 @@ def extract_answer(text: str) -> str | None:
     """The final answer after '####' (works for GSM8K solutions too), commas removed."""
     m = ANSWER_RE.search(text)
     return m.group(1).replace(",", "") if m else None
+
+
+def extract_numeric_answer(text: str) -> Fraction | None:
+    """The final answer of a real-data solution as an exact number, or None if it has none.
+
+    Accepts what models write: "#### $1,234", "#### 12.00" (== 12), "#### -3", "\\boxed{12}",
+    "The answer is 12." and a text that is only a number; commas, "$" and a trailing "%" are
+    ignored. Compare the results with `==` (Fraction: 12.00 == 12 exactly). The built-in world
+    keeps `extract_answer` (a string after "####").
+    """
+    for pattern in FINAL_ANSWER_RES:
+        matches = list(pattern.finditer(text))
+        if matches:
+            m = matches[-1]
+            value = Fraction(m.group("digits").replace(",", ""))
+            return -value if m.group("sign") or m.group("sign2") else value
+    return None
+
+
+def numeric_answer_reward(gold: dict[str, Fraction]) -> Callable[[list[str], list[str]], list[float]]:
+    """The verifiable reward on real data: 1.0 when a completion's final answer equals its prompt's
+    gold answer (`gold`: prompt -> number, e.g. from `data.load_prompts_with_answers`), else 0.0.
+
+    A completion without a final answer is wrong, never equal to a missing gold answer.
+    """
+
+    def answer_reward(prompts: list[str], completions: list[str]) -> list[float]:
+        return [float((a := extract_numeric_answer(c)) is not None and a == gold[p])
+                for p, c in zip(prompts, completions)]
+
+    return answer_reward
 
 
 @dataclass
