@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import check_config
 from .prm import VerifierConfig
 from .utils import MetricsLogger
 
@@ -31,7 +32,11 @@ def _common(p: argparse.ArgumentParser, model: str, dataset: str) -> None:
     p.add_argument("--model", default=None, help=f"hub name or local path of a causal LM (default: {model})")
     p.add_argument("--dataset", default=None, help=f"a JSON/JSONL/Parquet file (default: built-in {dataset})")
     p.add_argument("--drop-invalid", action="store_true",
-                   help="drop malformed dataset rows (their count is reported) instead of stopping")
+                   help="drop invalid dataset rows (malformed, over --max-length ...; their count is reported "
+                        "and goes into summary.json) instead of stopping at the first")
+    p.add_argument("--strict-vocab", action="store_true",
+                   help="a dataset character the tokenizer does not know (it would become <unk>) is an invalid "
+                        "row, not a warning")
 
 
 def _device(args) -> torch.device:
@@ -47,23 +52,34 @@ def _load(args, name: str):
     return load_model(name, device=_device(args), trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
+def _metrics_logger(args, name: str, cfg=None) -> MetricsLogger:
+    """The run's log, appended to runs/<name>/metrics.jsonl row by row as it trains, so a killed run
+    keeps every row logged before the kill (rank 0 alone writes). A fresh run empties the file;
+    `--resume` continues it, and the trainer's `resume_from` drops the rows of the steps done again,
+    so the file holds the whole run once. Made right before training, after the models and data
+    load, so a run stopped by bad input leaves the log of an earlier run of that name alone."""
+    from .cli import run_dir
+
+    return MetricsLogger(run_dir(args.name or name) / "metrics.jsonl", resume=bool(getattr(cfg, "resume", False)))
+
+
 def _finish(args, name: str, log: MetricsLogger, summary: dict, model=None, tok=None, plot_keys=(),
             x: str = "step") -> dict:
+    """Rank 0 plots the run's metrics.jsonl (already written row by row by `log`; a resumed run's
+    file holds the rows from before the kill too), saves the model and tokenizer and summary.json."""
     from .cli import plot_metrics, run_dir
     from .utils import dist_info
 
     if dist_info()[0] != 0:  # under torchrun only rank 0 writes
         return summary
     out = run_dir(args.name or name)
-    with open(out / "metrics.jsonl", "w") as f:
-        for row in log.rows:
-            f.write(json.dumps(row) + "\n")
-    plot_metrics(log, list(plot_keys), out / "metrics.png", x=x)
+    plot_metrics(MetricsLogger.load(log.path) if log.path else log, list(plot_keys), out / "metrics.png", x=x)
     if model is not None:
         model.save_pretrained(out / "model")
         if tok is not None:
             tok.save_pretrained(out / "model")
     summary["run_dir"] = str(out)
+    summary["threads"] = torch.get_num_threads()  # results are bit-reproducible for a seed and this count
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -88,22 +104,46 @@ def _review_eval(policy, ref, tok, max_new_tokens: int = 64) -> dict:
     return sequence_kl(policy, ref, tok, prompts, max_new_tokens, gold_fn=reviews.gold_rewards)
 
 
-def _preference_rows(args, tok, split: str = "prefs_train") -> list[dict]:
+def _preference_rows(args, tok, split: str = "prefs_train", max_length: int | None = None) -> list[dict]:
+    """--dataset's preference rows, checked (rows over `max_length` tokens included), or the built-in split."""
     from . import data
     from .zoo import load_split
 
     if args.dataset is None:
         return load_split("reviews", split)
+    return _load_dataset(args, data.load_preferences, tokenizer=tok, max_length=max_length)
+
+
+def _load_dataset(args, loader, **kwargs) -> list[dict]:
+    """`loader(args.dataset, ...)` (a data.py loader) with --drop-invalid and --strict-vocab: every row
+    is checked when the file is read, before any model is loaded. Its notes are printed once on
+    stderr and its counts kept for summary.json (`_data_counts`)."""
+    import warnings
+
+    from . import data
+
     report: dict = {}
-    rows = data.load_preferences(args.dataset, tokenizer=tok, drop_invalid=args.drop_invalid, report=report)
-    _report_dropped(report)
+    with warnings.catch_warnings():  # printed once below, as "[data] ..." lines
+        warnings.simplefilter("ignore", data.DataWarning)
+        rows = loader(args.dataset, drop_invalid=args.drop_invalid, strict_vocab=args.strict_vocab,
+                      report=report, **kwargs)
+    _report_dropped(args, report)
     return rows
 
 
-def _report_dropped(report: dict) -> None:
-    if report.get("n_dropped"):
-        print(f"[data] {report['source']}: dropped {report['n_dropped']} of {report['n_rows']} invalid rows; "
-              f"first: {report['errors'][0]}", file=sys.stderr)
+def _report_dropped(args, report: dict) -> None:
+    """Print a load's notes (rows dropped, characters the tokenizer does not know) and keep its counts."""
+    from .data import report_lines
+
+    for line in report_lines(report):
+        print(f"[data] {line}", file=sys.stderr)
+    args.data_counts = {"dataset_rows": report["n_rows"], "dropped_rows": report["n_dropped"],
+                        "rows_with_unknown_chars": report["n_unknown"]}
+
+
+def _data_counts(args) -> dict:
+    """{"dataset_rows", "dropped_rows", "rows_with_unknown_chars"} of --dataset for the summary ({} without one)."""
+    return getattr(args, "data_counts", {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,28 +165,26 @@ def run_sft(args: argparse.Namespace, cfg) -> dict:
 
     dataset = args.dataset or "arithmetic"
     tok = load_tokenizer(args.model or "tokenizer", trust_remote_code=args.trust_remote_code)
-    model = _load(args, args.model) if args.model else new_tiny_model(tok).to(_device(args))
     if dataset in ("arithmetic", "reviews"):
         rows = load_split(dataset, "train" if dataset == "arithmetic" else "sft")
-    else:
+    else:  # checked before the model is loaded
         from . import data
 
-        report: dict = {}
-        rows = data.load_completions(dataset, tokenizer=tok, max_length=cfg.max_length,
-                                     drop_invalid=args.drop_invalid, report=report)
-        _report_dropped(report)
+        rows = _load_dataset(args, data.load_completions, tokenizer=tok, max_length=cfg.max_length)
+    model = _load(args, args.model) if args.model else new_tiny_model(tok).to(_device(args))
     eval_fn = None
     if dataset == "arithmetic":
         test = load_split("arithmetic", "test")[:200]
         eval_fn = lambda m: {"test_accuracy": eval_arithmetic(m, tok, test)["accuracy"]}  # noqa: E731
-    log = MetricsLogger()
+    log = _metrics_logger(args, "sft", cfg)
     t0 = time.time()
     train_sft(model, tok, rows, cfg, eval_fn=eval_fn, eval_every=args.eval_every if eval_fn else 0,
               logger=log, progress=True)
     seconds = time.time() - t0
     summary = {"method": "sft", "model": args.model or "tiny Llama from scratch",
                "parameters": count_parameters(model), "dataset": dataset, "examples": len(rows),
-               "steps": cfg.steps, "seconds": round(seconds, 1), "final_loss": round(log.series("loss")[-1], 4)}
+               **_data_counts(args), "steps": cfg.steps, "seconds": round(seconds, 1),
+               "final_loss": round(log.series("loss")[-1], 4) if log.series("loss") else None}
     if dataset == "arithmetic":
         for split in ("test", "test_ood"):
             m = eval_arithmetic(model, tok, load_split("arithmetic", split))
@@ -171,11 +209,11 @@ def run_rm(args, cfg) -> dict:
 
     model_name = args.model or "review-sft"
     tok = load_tokenizer(model_name if args.model else "tokenizer")
+    rows = _preference_rows(args, tok, max_length=cfg.max_length)  # checked before the model is loaded
     rm = ScalarHeadModel.from_causal_lm(model_name, trust_remote_code=args.trust_remote_code).to(_device(args))
-    rows = _preference_rows(args, tok)
     t0 = time.time()
-    log = train_reward_model(rm, tok, rows, cfg, progress=True)
-    summary = {"method": "rm", "model": model_name, "pairs": len(rows), "steps": cfg.steps,
+    log = train_reward_model(rm, tok, rows, cfg, logger=_metrics_logger(args, "rm", cfg), progress=True)
+    summary = {"method": "rm", "model": model_name, "pairs": len(rows), **_data_counts(args), "steps": cfg.steps,
                "seconds": round(time.time() - t0, 1)}
     if args.dataset is None:
         ev = evaluate_reward_model(rm, tok, load_split("reviews", "prefs_test"))
@@ -194,22 +232,27 @@ def ppo_args(p):
 
 
 def run_ppo(args, cfg) -> dict:
-    from .models import ScalarHeadModel, load_tokenizer
+    from .models import ScalarHeadModel, check_same_vocab, load_tokenizer
     from .ppo import train_ppo
     from .worlds import reviews
 
     model_name = args.model or "review-sft"
     tok = load_tokenizer(model_name if args.model else "tokenizer")
+    rows = _preference_rows(args, tok)  # checked before the models are loaded
+    if args.dataset is not None:  # every PPO step samples --batch-size distinct prompts
+        from .data import require_rows
+
+        require_rows(len(rows), cfg.batch_size, "--batch-size", args.dataset, "prompts")
     policy, ref = _load(args, model_name), _load(args, model_name).eval()
     rm = ScalarHeadModel.from_pretrained(args.reward_model, trust_remote_code=args.trust_remote_code)
+    check_same_vocab(rm, policy, args.reward_model, model_name, tok)  # else an IndexError mid-PPO
     rm = rm.to(_device(args)).eval()
-    rows = _preference_rows(args, tok)
     prompts = [r["prompt"] for r in rows]  # repeats kept: they weight prompts as the data does
     builtin = args.dataset is None
     t0 = time.time()
     log, policy = train_ppo(policy, tok, prompts, rm, cfg, ref_model=ref,
-                            gold_fn=reviews.gold_rewards if builtin else None)
-    summary = {"method": f"ppo (beta={cfg.beta})", "model": model_name, "steps": cfg.steps,
+                            gold_fn=reviews.gold_rewards if builtin else None, logger=_metrics_logger(args, "ppo", cfg))
+    summary = {"method": f"ppo (beta={cfg.beta})", "model": model_name, **_data_counts(args), "steps": cfg.steps,
                "seconds": round(time.time() - t0, 1)}
     if builtin:
         summary.update(_review_eval(policy, ref, tok, cfg.max_new_tokens))
@@ -231,11 +274,12 @@ def run_dpo(args, cfg) -> dict:
 
     model_name = args.model or "review-sft"
     tok = load_tokenizer(model_name if args.model else "tokenizer")
+    rows = _preference_rows(args, tok, max_length=cfg.max_length)  # checked before the models are loaded
     policy, ref = _load(args, model_name), _load(args, model_name).eval()
-    rows = _preference_rows(args, tok)
     t0 = time.time()
-    log = train_dpo(policy, tok, rows, cfg, ref_model=ref)
-    summary = {"method": f"{cfg.loss_type} (beta={cfg.beta})", "model": model_name, "steps": cfg.steps,
+    log = train_dpo(policy, tok, rows, cfg, ref_model=ref, logger=_metrics_logger(args, "dpo", cfg))
+    summary = {"method": f"{cfg.loss_type} (beta={cfg.beta})", "model": model_name, **_data_counts(args),
+               "steps": cfg.steps,
                "seconds": round(time.time() - t0, 1)}
     if args.dataset is None:
         summary.update(_review_eval(policy.eval(), ref, tok))
@@ -248,10 +292,11 @@ def run_dpo(args, cfg) -> dict:
 
 
 def grpo_args(p):
-    p.add_argument("--model", default=None, help="hub name or local path of a causal LM (default: arith-sft)")
-    p.add_argument("--dataset", default=None,
-                   help="JSON/JSONL/Parquet with a prompt (or question) field and an answer graded by '#### N' "
-                        "(default: built-in arithmetic train)")
+    _common(p, "arith-sft", "arithmetic train; a file holds a prompt (or question) and an answer whose final "
+            "answer ('#### N', '\\boxed{N}', 'The answer is N' or a number) grades the completions")
+    p.add_argument("--prompt-field", default=None,
+                   help="--dataset field holding the prompt (default: prompt, else question)")
+    p.add_argument("--answer-field", default="answer", help="--dataset field holding the gold answer (default: answer)")
     p.add_argument("--reward", default="answer", choices=("answer", "trace"),
                    help="built-in world: answer (the final answer is right) or trace (every step too; "
                         "the reward that lifts held-out accuracy in notebook 05)")
@@ -266,28 +311,27 @@ def run_grpo(args, cfg) -> dict:
 
     model_name = args.model or "arith-sft"
     tok = load_tokenizer(model_name if args.model else "tokenizer")
-    policy = _load(args, model_name)
     # the variant's paper preset, then what the YAML preset and the flags set
     cfg = grpo.preset(cfg.variant, **{k: getattr(cfg, k) for k in args.given_fields if k != "variant"})
     if args.dataset is None:
         prompts = [r["prompt"] for r in load_split("arithmetic", "train")]
         reward_fns = [arithmetic.arithmetic_trace_reward if args.reward == "trace" else arithmetic.arithmetic_reward]
-    else:
-        from datasets import load_dataset
+    else:  # checked before the model is loaded; a row whose gold answer does not parse is a bad row
+        from . import data
 
-        ds = load_dataset("json" if str(args.dataset).endswith(("json", "jsonl")) else "parquet",
-                          data_files=str(args.dataset), split="train").to_list()
-        field = "prompt" if "prompt" in ds[0] else "question"
-        answers = {r[field]: arithmetic.extract_answer(r["answer"]) for r in ds}
-        prompts = list(answers)
-
-        def reward_fns(ps, cs):  # noqa: E306 - the real-data verifiable reward: exact final answer
-            return [float(arithmetic.extract_answer(c) == answers[p]) for p, c in zip(ps, cs)]
+        rows = _load_dataset(args, data.load_prompts_with_answers, tokenizer=tok, prompt_field=args.prompt_field,
+                             answer_field=args.answer_field)
+        gold = {r["prompt"]: r["gold"] for r in rows}
+        prompts = list(gold)  # each distinct prompt once
+        data.require_rows(len(prompts), cfg.prompts_per_step, "--prompts-per-step", args.dataset, "distinct prompts")
+        reward_fns = [arithmetic.numeric_answer_reward(gold)]
+    policy = _load(args, model_name)
     test = load_split("arithmetic", "test")[:ARITH_EVAL_ROWS]
     before = eval_arithmetic(policy, tok, test)["accuracy"] if args.dataset is None else None
     t0 = time.time()
-    log = grpo.train_grpo(policy, tok, prompts, reward_fns, cfg)
-    summary = {"method": cfg.variant, "model": model_name, "steps": cfg.steps, "seconds": round(time.time() - t0, 1)}
+    log = grpo.train_grpo(policy, tok, prompts, reward_fns, cfg, logger=_metrics_logger(args, "grpo", cfg))
+    summary = {"method": cfg.variant, "model": model_name, **_data_counts(args), "steps": cfg.steps,
+               "seconds": round(time.time() - t0, 1)}
     if args.dataset is None:
         summary["reward"] = args.reward
     if args.dataset is None:
@@ -329,6 +373,16 @@ class VerifierRunConfig(VerifierConfig):
     """How step scores become one score per solution: min, product, last or mean (prm.AGGREGATIONS)."""
     max_new_tokens: int = 64
     """Longest sampled solution in tokens."""
+
+    def validate(self) -> None:
+        """The training fields' ranges (VerifierConfig) and this command's own."""
+        from .prm import AGGREGATIONS
+
+        super().validate()
+        check_config(self, at_least_1=("n_train", "mc_rollouts", "n_dev", "n_eval_prompts", "best_of",
+                                       "max_new_tokens"),
+                     choices={"kind": ("prm", "orm", "implicit"), "labels": ("gold", "mc-hard", "mc-soft"),
+                              "aggregation": AGGREGATIONS})
 
 
 def prm_args(p):
@@ -413,11 +467,9 @@ def _best_of_n_report(verifier, cfg: VerifierRunConfig, policy, ref, tok, g) -> 
 
 def run_prm(args, cfg: VerifierRunConfig) -> dict:
     from . import prm
-    from .models import ScalarHeadModel, load_model, load_tokenizer
+    from .models import ScalarHeadModel, check_same_vocab, load_model, load_tokenizer
     from .utils import set_seed
 
-    if cfg.kind not in ("prm", "orm", "implicit"):
-        raise ValueError(f"kind={cfg.kind!r}: expected prm, orm or implicit")
     model_name = args.model or "arith-sft"
     tok = load_tokenizer(model_name if args.model else "tokenizer")
     policy = load_model(model_name, trust_remote_code=args.trust_remote_code).eval()
@@ -429,6 +481,7 @@ def run_prm(args, cfg: VerifierRunConfig) -> dict:
     # 2. the verifier, from the backbone's weights; early stopping on dev answer AUC if asked
     backbone_name = args.backbone or (args.model or "arith-sft-full")
     backbone = load_model(backbone_name, trust_remote_code=args.trust_remote_code)
+    check_same_vocab(backbone, policy, backbone_name, model_name, tok, what="verifier")  # it scores the samples
     verifier = backbone if cfg.kind == "implicit" else ScalarHeadModel(backbone)
     ref = load_model(backbone_name, trust_remote_code=args.trust_remote_code).eval() if cfg.kind == "implicit" else None
     eval_fn = None
@@ -437,7 +490,8 @@ def run_prm(args, cfg: VerifierRunConfig) -> dict:
         dev_y = [prm.answer_correct(p, c) for p, c in zip(dev_p, dev_c)]
         eval_fn = lambda m: prm.auc(_verifier_scores(m, cfg, ref, tok, dev_p, dev_c), dev_y)  # noqa: E731
     train_cfg = VerifierConfig(**{f.name: getattr(cfg, f.name) for f in fields(VerifierConfig)})
-    log = prm.train_verifier(verifier, tok, rows, cfg.kind, train_cfg, ref=ref, eval_fn=eval_fn)
+    log = prm.train_verifier(verifier, tok, rows, cfg.kind, train_cfg, ref=ref, eval_fn=eval_fn,
+                             logger=_metrics_logger(args, "prm"))
     method = {"prm": f"PRM ({cfg.labels} labels, {cfg.aggregation})", "orm": "ORM",
               "implicit": f"implicit PRM ({cfg.aggregation})"}[cfg.kind]
     summary = {"method": method, "model": model_name, "backbone": backbone_name,
@@ -475,6 +529,10 @@ class DiffusionRunConfig:
     seed: int = 0
     """Seed of labels, noise and pairs."""
 
+    def validate(self) -> None:
+        check_config(self, at_least_1=("iterations", "pairs_per_label", "eval_per_label"), positive=("lr",),
+                     non_negative=("eval_every",), choices={"method": DIFFUSION_METHODS, "world": ("points", "digits")})
+
 
 # method: (model kind, config class, recipe: the settings notebook 07 uses on the points world)
 DIFFUSION_METHODS = {
@@ -483,7 +541,14 @@ DIFFUSION_METHODS = {
     "draft": ("ddpm", "DRaFTConfig", {}),
     "diffusion_dpo": ("ddpm", "DiffusionDPOConfig", {}),
     "flow_grpo": ("flow", "FlowGRPOConfig", {}),
+    # notebook 12's methods that aim at p* = p_base exp(r / beta) / Z (beta = 1), with the memoryless flow SDE
+    "adjoint_matching": ("flow", "AdjointMatchingConfig", {"lr": 2e-3}),
+    "dpok": ("flow", "DDPOConfig", {"lr": 1e-3, "eta": 2 ** 0.5, "kl_coef": 1.0, "normalize_advantages": False}),
+    "reward_weighted_fm": ("flow", "RewardWeightedConfig", {}),
 }
+
+
+EXACT_TARGET_METHODS = ("adjoint_matching", "dpok", "reward_weighted_fm")
 
 
 def diffusion_args(p):
@@ -509,8 +574,6 @@ def run_diffusion(args, cfg: DiffusionRunConfig) -> dict:
     from .diffusion.models import save_net
     from .diffusion.rewards import box_distance_reward
 
-    if cfg.method not in DIFFUSION_METHODS:
-        raise ValueError(f"method={cfg.method!r}: expected one of {list(DIFFUSION_METHODS)}")
     kind, config_name, recipe = DIFFUSION_METHODS[cfg.method]
     model_name = args.model or f"diffusion-{cfg.world}-{kind}"
     torch.manual_seed(cfg.seed)
@@ -519,7 +582,7 @@ def run_diffusion(args, cfg: DiffusionRunConfig) -> dict:
     rewards, task, gold_clf = _diffusion_rewards(cfg.world)
     # the training reward: the task's; the differentiable distance for DRaFT and the DPO pairs on points
     reward_fn = rewards[task]
-    if cfg.world == "points" and cfg.method in ("draft", "diffusion_dpo"):
+    if cfg.world == "points" and cfg.method in ("draft", "diffusion_dpo", *EXACT_TARGET_METHODS):
         reward_fn = box_distance_reward
 
     def evaluate(net, iteration: int = 0) -> dict:
@@ -531,9 +594,13 @@ def run_diffusion(args, cfg: DiffusionRunConfig) -> dict:
                                **({"lr": cfg.lr} if cfg.lr is not None else {})})
     before = evaluate(policy)
     t0 = time.time()
-    log, hooks = MetricsLogger(), dict(eval_fn=evaluate, eval_every=cfg.eval_every)
-    if cfg.method in ("ddpo", "ddpo_sf"):
-        diffusion.train_ddpo(policy, reward_fn, method_cfg, logger=log, **hooks)
+    log, hooks = _metrics_logger(args, "diffusion"), dict(eval_fn=evaluate, eval_every=cfg.eval_every)
+    if cfg.method in ("ddpo", "ddpo_sf", "dpok"):
+        diffusion.train_ddpo(policy, reward_fn, method_cfg, logger=log, ref=ref, **hooks)
+    elif cfg.method == "adjoint_matching":
+        diffusion.train_adjoint_matching(policy, reward_fn, method_cfg, ref=ref, logger=log, **hooks)
+    elif cfg.method == "reward_weighted_fm":
+        diffusion.train_reward_weighted(policy, reward_fn, method_cfg, logger=log, **hooks)
     elif cfg.method == "draft":
         diffusion.train_draft(policy, reward_fn, method_cfg, logger=log, **hooks)
     elif cfg.method == "flow_grpo":
@@ -548,6 +615,13 @@ def run_diffusion(args, cfg: DiffusionRunConfig) -> dict:
                "config": asdict(method_cfg), "reward_name": task, "reward_before": round(before[f"reward/{task}"], 4),
                "reward": round(after[f"reward/{task}"], 4), "kl": round(after["kl"], 4),
                "eval_before": before, "eval": after, "seconds": round(seconds, 1)}
+    if cfg.world == "points" and cfg.method in EXACT_TARGET_METHODS:  # the exact optimum is known: how far?
+        from .diffusion.adjoint import MEMORYLESS
+        from .diffusion.target import distance_report
+        beta = getattr(method_cfg, "beta", None) or method_cfg.kl_coef
+        summary.update(distance_report(policy, reward_fn, beta, MEMORYLESS["flow"], seed=cfg.seed))
+        summary["distance_to_target_before"] = distance_report(ref, reward_fn, beta, MEMORYLESS["flow"],
+                                                               seed=cfg.seed)["distance_to_target"]
     out = _finish(args, "diffusion", log, summary, plot_keys=[f"reward/{task}", "kl", "loss"], x="iteration")
     save_net(policy, Path(out["run_dir"]) / "model", {k: v for k, v in summary.items() if k != "run_dir"})
     return out

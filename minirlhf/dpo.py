@@ -331,7 +331,7 @@ def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(),
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     policy.train()
     order, cursor = torch.randperm(len(rows), generator=g), 0
-    start, extra = resume_from(cfg, policy, opt)  # after the reference: it copies the start
+    start, extra = resume_from(cfg, policy, opt, logger)  # after the reference: it copies the start
     if start:
         order, cursor = extra["order"], extra["cursor"]
         g.set_state(extra["generator"])

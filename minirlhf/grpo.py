@@ -40,6 +40,7 @@ import copy
 import math
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -48,9 +49,10 @@ from torch import Tensor
 
 from . import rl
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
-from .errors import check_checkpointing, check_config
+from .errors import NonFiniteError, check_checkpointing, check_config
 from .lm import Rollout, decode_completions, encode_prompts, sample, token_logprobs
 from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
+from .worlds.arithmetic import NUMBER
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -152,11 +154,12 @@ def preset(variant: str, **overrides) -> GRPOConfig:
 # Rewards
 # ---------------------------------------------------------------------------------------------
 
-FORMAT_RE = re.compile(r"####\s*\d+\s*$")
+FORMAT_RE = re.compile(r"####\s*" + NUMBER + r"\s*$")
 
 
 def format_reward(prompts: list[str], completions: list[str]) -> list[float]:
-    """1.0 if the completion ends with a final-answer line "#### <digits>", else 0.0."""
+    """1.0 if the completion ends with a final-answer line "#### <number>" ("#### 7", "#### 1,234",
+    "#### -3", "#### $12.50": every gold GSM8K solution passes), else 0.0."""
     return [1.0 if FORMAT_RE.search(c) else 0.0 for c in completions]
 
 
@@ -191,9 +194,9 @@ def score(prompts: list[str], completions: list[str], reward_fns: list[RewardFn]
         bad = (~torch.isfinite(r)).nonzero().flatten().tolist()
         if bad:
             i = bad[0]
-            raise FloatingPointError(f"reward function {name!r} returned {r[i].item()} for row {i} "
-                                     f"(prompt {prompts[i]!r}, completion {completions[i]!r}); "
-                                     "stopped before updating the weights")
+            raise NonFiniteError(f"reward function {name!r} returned {r[i].item()} for row {i} "
+                                 f"(prompt {prompts[i]!r:.80}, completion {completions[i]!r:.80}); "
+                                 "stopped before updating the weights")
         total += w * r
         means[f"rewards/{name}"] = r.mean().item()
     return total, means
@@ -315,6 +318,35 @@ def rank_share(input_ids: Tensor, attn: Tensor, mask: Tensor, advantages: Tensor
     return input_ids[lo:hi], attn[lo:hi], mask[lo:hi], advantages[lo:hi], share
 
 
+EARLY_STEPS = 3
+"""train_grpo checks the rollouts of its first this many steps (`early_rollout_warnings`)."""
+
+
+def early_rollout_warnings(rounds: list[dict], steps: int, groups_per_round: int, group_size: int,
+                           max_new_tokens: int) -> list[str]:
+    """What the first steps' rollouts say about a run that cannot learn, as warning messages.
+
+    rounds: the logged metrics of every sampling round of those `steps` steps ("frac_reward_zero_std",
+    "completion/ended"), each of `groups_per_round` groups of `group_size` completions. Warns when
+    >= 90% of the groups have the same reward for every completion (all advantages 0: no gradient),
+    and when > 50% of the completions were cut at max_new_tokens before they ended.
+    """
+    n_groups = groups_per_round * len(rounds)
+    n_completions = n_groups * group_size
+    n_steps = f"{steps} step" + ("s" if steps != 1 else "")
+    flat = round(sum(m["frac_reward_zero_std"] for m in rounds) * groups_per_round)
+    cut = round(sum(1 - m["completion/ended"] for m in rounds) * groups_per_round * group_size)
+    out = []
+    if n_groups and flat >= 0.9 * n_groups:
+        out.append(f"reward is the same for every completion in {flat} of {n_groups} groups over the first "
+                   f"{n_steps}: the task is too hard or too easy for the model, or the reward cannot parse "
+                   "the answers; check --max-new-tokens and the answer format")
+    if n_completions and cut > 0.5 * n_completions:
+        out.append(f"{cut} of {n_completions} completions ({cut / n_completions:.0%}) over the first {n_steps} "
+                   f"were cut at --max-new-tokens {max_new_tokens} before they ended: raise --max-new-tokens")
+    return out
+
+
 def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | list[RewardFn],
                cfg: GRPOConfig = GRPOConfig(), ref_model=None,
                eval_fn: Callable[[object], dict] | None = None,
@@ -346,7 +378,8 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: min(1.0, (n + 1) / (cfg.warmup_steps + 1)))
     B, G = cfg.prompts_per_step, cfg.group_size
     order, cursor = torch.randperm(len(prompts), generator=g).tolist(), 0
-    start, extra = resume_from(cfg, policy, opt)  # after make_reference: it copies the start
+    # after make_reference (it copies the start); rows are numbered by steps done, from 1
+    start, extra = resume_from(cfg, policy, opt, logger, step_offset=1)
     if start:
         order, cursor = extra["order"].tolist(), extra["cursor"]
         g.set_state(extra["generator"])
@@ -366,6 +399,7 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
 
     if not start:
         evaluate(0)
+    early_rounds: list[dict] = []  # the sampling rounds of the first EARLY_STEPS steps
     for step in range(start + 1, cfg.steps + 1):
         kept_rollouts, kept_rewards, kept_adv, sampled_metrics = [], [], [], []
         for _ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
@@ -409,6 +443,11 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
             if sum(len(a) for a in kept_adv) >= B * G:
                 break
         n_kept = sum(len(a) for a in kept_adv)
+        if rank == 0 and step <= start + EARLY_STEPS:  # a run that cannot learn says so early, once
+            early_rounds += sampled_metrics
+            if step == min(start + EARLY_STEPS, cfg.steps):
+                for message in early_rollout_warnings(early_rounds, step - start, B, G, cfg.max_new_tokens):
+                    warnings.warn(message, stacklevel=2)
         row = {"step": step, **{k: sum(m[k] for m in sampled_metrics) / len(sampled_metrics)
                                 for k in sampled_metrics[0]},
                "sampling_rounds": len(sampled_metrics), "groups_trained": min(n_kept, B * G) // G}

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .errors import ConfigError, check_checkpointing, check_config
 from .lm import Rollout, decode_completions, encode_prompts, last_token_index, sample, token_logprobs
-from .models import ScalarHeadModel
+from .models import ScalarHeadModel, check_same_vocab
 from .rl import (aggregate_loss, clip_fractions, clipped_surrogate, clipped_value_loss, explained_variance,
                  gae, kl_k1, masked_mean, masked_var, masked_whiten)
 from .utils import MetricsLogger, check_finite, set_seed
@@ -70,8 +70,8 @@ class PPOConfig:
     """Completions per gradient step; batch_size must be a multiple of it."""
     ppo_epochs: int = 4
     """Passes over each batch of experience [D13]."""
-    lr: float = 3e-4
-    """Adam learning rate, shared by policy and value model."""
+    lr: float = 1e-4
+    """Adam learning rate, shared by policy and value model. 3e-4 collapsed on some seeds (docs/seeds.md)."""
     adam_eps: float = 1e-5
     """Adam epsilon; 1e-5 as in the references, not PyTorch's 1e-8 [D14]."""
     max_grad_norm: float = 1.0
@@ -80,8 +80,8 @@ class PPOConfig:
     """Longest completion; a completion that reaches it without EOS gets `missing_eos_penalty`."""
     temperature: float = 1.0
     """Sampling temperature, also used in every log-prob so that ratios and KL are consistent [D2]."""
-    beta: float = 0.05
-    """KL coefficient (the initial value when `adaptive_kl`) [D6]."""
+    beta: float = 0.1
+    """KL coefficient (the initial value when `adaptive_kl`) [D6]. 0.05 was on the edge of collapse (docs/seeds.md)."""
     adaptive_kl: bool = False
     """Adapt beta towards `target_kl` (Ziegler et al., 2019) instead of keeping it fixed [D7]."""
     target_kl: float = 4.0
@@ -387,6 +387,7 @@ def train_ppo(policy, tokenizer, prompts: list[str], reward_fn_or_rm: RewardFn |
     ref_model = ref_model if ref_model is not None else copy.deepcopy(policy)
     ref_model.eval().requires_grad_(False)
     if isinstance(reward_fn_or_rm, ScalarHeadModel):
+        check_same_vocab(reward_fn_or_rm, policy, "reward model", "policy", tokenizer)  # not an IndexError mid-run
         reward_fn_or_rm.eval().requires_grad_(False)
     value_from_rm = False
     if value_model is None:
@@ -420,7 +421,7 @@ def train_ppo(policy, tokenizer, prompts: list[str], reward_fn_or_rm: RewardFn |
     order, cursor = torch.randperm(len(prompts), generator=g), 0
     # 0c. resume: the trainable weights (policy and value model) and everything the loop carries
     trained = nn.ModuleDict({"policy": policy, "value": value_model})
-    start, extra = resume_from(cfg, trained, optimizer)  # after the reference and value copies of the start
+    start, extra = resume_from(cfg, trained, optimizer, logger)  # after the reference and value copies
     if start:
         order, cursor, score_norm = extra["order"], extra["cursor"], tuple(extra["score_norm"])
         g.set_state(extra["generator"])

@@ -436,17 +436,18 @@ class VerifierConfig:
 
 
 def train_verifier(model, tokenizer, rows: list[dict], kind: str, cfg: VerifierConfig = VerifierConfig(),
-                   ref=None, eval_fn: Callable | None = None) -> MetricsLogger:
+                   ref=None, eval_fn: Callable | None = None, logger: MetricsLogger | None = None) -> MetricsLogger:
     """Train in place. kind "prm": PRM rows; "orm": rows {"prompt", "completion", "label"} read at
     the last token; "implicit": the same rows, `model` a causal LM and `ref` its frozen copy.
     `eval_fn(model) -> float` (higher is better, e.g. held-out AUC) is logged as "val" every
-    `cfg.eval_every` steps and at the end; the best weights seen are restored (early stopping)."""
+    `cfg.eval_every` steps and at the end; the best weights seen are restored (early stopping).
+    Rows go to `logger` (a new MetricsLogger when None), which is returned."""
     cfg.validate()  # a bad value stops here, before any work
     if kind not in ("prm", "orm", "implicit"):
         raise ValueError(f"unknown verifier kind {kind!r}")
     if kind == "implicit" and ref is None:
         raise ValueError("the implicit PRM needs a reference model `ref`")
-    g, log = set_seed(cfg.seed), MetricsLogger()
+    g, log = set_seed(cfg.seed), logger or MetricsLogger()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
     model.train()
     order, cursor, best = torch.randperm(len(rows), generator=g), 0, None

@@ -267,7 +267,7 @@ def train_reward_model(rm: ScalarHeadModel, tokenizer, rows: list[dict], cfg: Re
     rm.train()
     t0 = time.time()
     order, cursor = torch.randperm(len(rows), generator=g), 0
-    start, extra = resume_from(cfg, rm, opt)
+    start, extra = resume_from(cfg, rm, opt, logger)
     if start:
         order, cursor = extra["order"], extra["cursor"]
         g.set_state(extra["generator"])

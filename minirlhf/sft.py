@@ -118,11 +118,10 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
     t0 = time.time()
     order = torch.randperm(len(rows), generator=g)
     cursor, start = 0, 0
-    start, extra = resume_from(cfg, model, opt)
+    start, extra = resume_from(cfg, model, opt, logger)
     if start:
         order, cursor = extra["order"], extra["cursor"]
         g.set_state(extra["generator"])
-        logger.rows[:] = [r for r in logger.rows if r.get("step", -1) < start]
     ddp_model = wrap_ddp(model)
     steps = range(start, cfg.steps)
     if progress and rank == 0:

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..errors import ModelLoadError
 from ..models import MODELS_DIR
 from .samplers import alpha_bar
 from .worlds import DIGIT_LABELS, POINT_LABELS, digit_labels, load_digits_tensors, sample_points
@@ -187,13 +188,21 @@ def save_net(net: nn.Module, path: Path, info: dict | None = None) -> None:
 
 
 def load_diffusion_model(name_or_path: str) -> nn.Module:
-    """Load a shipped net by name ("diffusion-points-ddpm", ...) or from a folder path."""
+    """Load a shipped net by name ("diffusion-points-ddpm", ...) or from a folder path; anything
+    else (no such folder or name, a folder without config.json or model.safetensors) is a
+    ModelLoadError saying which."""
     path = Path(name_or_path)
     if not path.is_dir():
+        if not (MODELS_DIR / name_or_path).is_dir():
+            shipped = ", ".join(sorted(d.name for d in MODELS_DIR.glob("diffusion-*"))) or "none built yet"
+            raise ModelLoadError(f"diffusion model not found: {name_or_path} is neither a folder nor a shipped "
+                                 f"model ({shipped})")
         path = MODELS_DIR / name_or_path
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} has no config.json: run `python -m minirlhf.diffusion.models` "
-                                "(build_shipped) to build the diffusion checkpoints")
+        raise ModelLoadError(f"{path} has no config.json: not a diffusion model folder (shipped ones are built "
+                             "by `python -m minirlhf.diffusion.models`)")
+    if not (path / "model.safetensors").exists():
+        raise ModelLoadError(f"no weights: {path} has config.json but no model.safetensors")
     config = NetConfig(**json.loads((path / "config.json").read_text()))
     net = Classifier(config) if config.kind == "classifier" else Denoiser(config)
     net.load_state_dict({k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()})
