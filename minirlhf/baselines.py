@@ -135,7 +135,10 @@ def _arith_rows(seed: int) -> dict[str, dict]:
 def _diffusion_rows(seed: int) -> dict[str, dict]:
     from .diffusion import (DDPOConfig, FlowGRPOConfig, evaluate_policy, frozen_copy, load_diffusion_model,
                             train_ddpo, train_flow_grpo)
-    from .diffusion.rewards import box_reward
+    from .diffusion.adjoint import MEMORYLESS, AdjointMatchingConfig, train_adjoint_matching
+    from .diffusion.reward_weighted import RewardWeightedConfig, train_reward_weighted
+    from .diffusion.rewards import box_distance_reward, box_reward
+    from .diffusion.target import distance_report
 
     def run(model_name, train, cfg):
         def go():
@@ -150,13 +153,34 @@ def _diffusion_rows(seed: int) -> dict[str, dict]:
                     "kl": round(m["kl"], 4)}
         return go
 
+    def exact(train, cfg):
+        """Notebook 12: a method aiming at p* = p_base exp(r / beta) / Z (beta = 1, r = -distance to the box);
+        the row adds its distance to p* (target.smoothed_kl, 512 samples per label, memoryless SDE)."""
+        def go():
+            torch.manual_seed(seed)
+            policy = load_diffusion_model("diffusion-points-flow")
+            ref = frozen_copy(policy)
+            if train is not None:
+                train(policy, box_distance_reward, cfg)
+            m = evaluate_policy(policy, ref, {"box": box_reward})
+            report = distance_report(policy, box_distance_reward, 1.0, MEMORYLESS["flow"], seed=seed)
+            return {"box_reward": round(m["reward/box"], 4), "kl": round(m["kl"], 4), **report}
+        return go
+
     return {"diffusion: base DDPM": run("diffusion-points-ddpm", None, None),
             "diffusion: DDPO_IS": run("diffusion-points-ddpm", train_ddpo, DDPOConfig(iterations=30, lr=3e-4)),
-            "diffusion: Flow-GRPO": run("diffusion-points-flow", train_flow_grpo, FlowGRPOConfig(iterations=30))}
+            "diffusion: Flow-GRPO": run("diffusion-points-flow", train_flow_grpo, FlowGRPOConfig(iterations=30)),
+            "diffusion: base flow vs p*": exact(None, None),
+            "diffusion: adjoint matching": exact(train_adjoint_matching, AdjointMatchingConfig(
+                iterations=40, batch_size=128, lr=2e-3, seed=seed)),
+            "diffusion: DPOK": exact(train_ddpo, DDPOConfig(eta=MEMORYLESS["flow"], kl_coef=1.0, normalize_advantages=False,
+                                                            iterations=30, lr=1e-3, seed=seed)),
+            "diffusion: reward-weighted FM": exact(train_reward_weighted, RewardWeightedConfig(
+                iterations=150, samples_per_label=512, seed=seed))}
 
 
 def _table(results: dict[str, dict]) -> str:
-    cols = ["gold_reward", "accuracy", "trace_accuracy", "accuracy_ood", "box_reward", "kl", "seconds"]
+    cols = ["gold_reward", "accuracy", "trace_accuracy", "accuracy_ood", "box_reward", "distance_to_target", "kl", "seconds"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
         cells = [("" if r.get(c) is None else f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols]

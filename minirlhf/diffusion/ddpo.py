@@ -19,6 +19,12 @@ How this differs from ddpo-pytorch: the step log-prob is the true Gaussian log-d
 over dimensions, not averaged over pixels), so the clip range is 0.2-ish rather than 1e-4; the
 model is a tiny MLP trained in full (no LoRA); one label set per batch with G samples per label.
 
+DPOK (Fan et al., 2023, "DPOK: Reinforcement Learning for Fine-tuning Text-to-Image Diffusion Models",
+Eq. 7-8) is DDPO plus a KL term: `kl_coef = beta > 0` adds beta * sum_t KL(p_theta(.|x_t) || p_base(.|x_t))
+(closed form, both steps Gaussians with the same std) to the loss, and `normalize_advantages=False` keeps
+the reward's scale, so the objective is E[r] - beta KL(path || base path), whose optimum with a memoryless
+sampler (adjoint.py) is p_base exp(r / beta) / Z (target.py).
+
 Run: `train_ddpo(policy, reward_fn, DDPOConfig())` with a shipped DDPM
 (`load_diffusion_model("diffusion-points-ddpm")`) and a reward from rewards.py.
 """
@@ -35,7 +41,7 @@ from torch import Tensor
 from ..errors import check_config
 from ..rl import clip_fractions, clipped_surrogate, group_advantages, masked_mean
 from ..utils import MetricsLogger, check_finite
-from .samplers import Trajectory, sample, trajectory_logprobs
+from .samplers import Trajectory, gaussian_kl_same_std, gaussian_logprob, sample, step_means
 
 
 @dataclass
@@ -68,12 +74,18 @@ class DDPOConfig:
     """Gradient clipping by global norm."""
     seed: int = 0
     """Seed for labels and sampling noise."""
+    kl_coef: float = 0.0
+    """DPOK (Fan et al., 2023): beta of the per-step KL to the base model added to the loss, so the
+    objective is E[r] - beta KL(path || base path). 0: plain DDPO, which only climbs the reward."""
+    normalize_advantages: bool = True
+    """Divide each group's advantages by its std (DDPO). False keeps the reward's scale, A = r - mean_group,
+    which DPOK needs for its optimum to be p_base exp(r / kl_coef) (target.py)."""
 
     def validate(self) -> None:
         """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
         check_config(self, at_least_1=("iterations", "labels_per_batch", "samples_per_label", "n_steps",
                                        "inner_epochs", "minibatches"),
-                     positive=("lr",), non_negative=("eta", "clip_range", "adv_clip_max", "max_grad_norm"))
+                     positive=("lr",), non_negative=("eta", "clip_range", "adv_clip_max", "max_grad_norm", "kl_coef"))
 
 
 def ddpo_sf_loss(logp: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
@@ -96,12 +108,15 @@ def select(traj: Trajectory, idx: Tensor) -> Trajectory:
 
 def train_ddpo(policy, reward_fn: Callable[[Tensor, Tensor], Tensor], cfg: DDPOConfig | None = None,
                eval_fn: Callable[[object, int], dict] | None = None, eval_every: int = 0,
-               logger: MetricsLogger | None = None) -> MetricsLogger:
-    """Train `policy` (a DDPM Denoiser, updated in place) to maximise reward_fn(labels, x0)."""
+               logger: MetricsLogger | None = None, ref=None) -> MetricsLogger:
+    """Train `policy` (a DDPM Denoiser, or a flow model with eta as its SDE noise a; updated in place) to
+    maximise reward_fn(labels, x0), minus kl_coef * path KL to `ref` (default: a frozen copy of the start)."""
     cfg = cfg or DDPOConfig()
     cfg.validate()  # a bad value stops here, before any work
     if cfg.eta <= 0:
         raise ValueError("DDPO needs a stochastic sampler: eta must be > 0")
+    if cfg.kl_coef > 0 and ref is None:
+        ref = frozen_copy(policy)
     g = torch.Generator().manual_seed(cfg.seed)
     logger = logger or MetricsLogger()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -118,7 +133,8 @@ def train_ddpo(policy, reward_fn: Callable[[Tensor, Tensor], Tensor], cfg: DDPOC
         rewards = reward_fn(labels, traj.samples).detach().float()  # (L*G,)
         check_finite("rewards", rewards)
         # 3. Per-label advantages (DDPO's per-prompt stat tracking = GRPO's group advantage).
-        adv = group_advantages(rewards.view(L, G)).view(-1).clamp(-cfg.adv_clip_max, cfg.adv_clip_max)  # (L*G,)
+        adv = group_advantages(rewards.view(L, G), scale_by_std=cfg.normalize_advantages).view(-1)
+        adv = adv.clamp(-cfg.adv_clip_max, cfg.adv_clip_max)  # (L*G,)
         # 4. Update on every denoising step of the batch's trajectories.
         epochs, n_mb = (cfg.inner_epochs, cfg.minibatches) if cfg.importance_sampling else (1, 1)
         stats = []
@@ -126,11 +142,16 @@ def train_ddpo(policy, reward_fn: Callable[[Tensor, Tensor], Tensor], cfg: DDPOC
             perm = torch.randperm(L * G, generator=g)
             for idx in perm.chunk(n_mb):
                 sub = select(traj, idx)
-                logp = trajectory_logprobs(policy, sub)  # (b, K)
+                mean, std = step_means(policy, sub)  # (b, K, D), (b, K)
+                logp = torch.where(sub.mask.bool(), gaussian_logprob(sub.xs[:, 1:], mean, std), 0.0)  # (b, K)
                 if cfg.importance_sampling:
                     loss, ratio = ddpo_is_loss(logp, sub.logps, adv[idx], sub.mask, cfg.clip_range)
                 else:
                     loss, ratio = ddpo_sf_loss(logp, adv[idx], sub.mask), torch.exp(logp - sub.logps)
+                if cfg.kl_coef > 0:  # DPOK: + beta * KL per step (closed form, same std), mean over steps like the loss
+                    with torch.no_grad():
+                        mean_ref, _ = step_means(ref, sub)
+                    loss = loss + cfg.kl_coef * masked_mean(gaussian_kl_same_std(mean, mean_ref, std), sub.mask)
                 check_finite("loss", loss)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
