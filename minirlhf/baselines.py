@@ -180,7 +180,8 @@ def _diffusion_rows(seed: int) -> dict[str, dict]:
 
 
 def _table(results: dict[str, dict]) -> str:
-    cols = ["gold_reward", "accuracy", "trace_accuracy", "accuracy_ood", "box_reward", "distance_to_target", "kl", "seconds"]
+    cols = ["gold_reward", "accuracy", "trace_accuracy", "accuracy_ood", "box_reward", "distance_to_target", "kl",
+            "seconds"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
         cells = [("" if r.get(c) is None else f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols]
