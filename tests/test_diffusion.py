@@ -260,3 +260,68 @@ def test_loops_run_and_nan_reward_raises(tmp_path):
     loaded = load_diffusion_model(str(tmp_path / "m"))
     x, t, lab = torch.randn(5, 2), torch.rand(5), torch.tensor([0, 1, 2, 0, 1])
     assert loaded.kind == "flow" and torch.allclose(loaded(x, t, lab), net(x, t, lab), atol=1e-2)
+
+
+# ------------------------------------------------------------------ MixGRPO: SDE window, ODE elsewhere
+
+
+def test_sde_window_steps_outside_are_deterministic_ode_steps():
+    from minirlhf.diffusion.flow_grpo import sde_window
+    net = tiny("flow")
+    labels = torch.tensor([0, 1, 2, 0])
+    window = sde_window(6, 2, 3)  # steps 3, 4
+    assert window.tolist() == [False, False, False, True, True, False]
+    traj = sample(net, labels, 6, 0.7, generator=torch.Generator().manual_seed(0), sde_steps=window)
+    assert traj.mask.tolist() == [[0.0, 0.0, 0.0, 1.0, 1.0, 0.0]] * 4
+    assert (traj.logps[:, ~window] == 0).all() and (traj.logps[:, window] != 0).all()
+    # outside the window x_s is the Euler ODE step x_t + v dt (no noise), whatever the generator
+    ode = sample(net, labels, 6, 0.0, generator=torch.Generator().manual_seed(1), x_init=traj.xs[:, 0])
+    assert torch.equal(traj.xs[:, :4], ode.xs[:, :4])
+    with torch.no_grad():
+        t, s = traj.ts[5].expand(4), traj.ts[6].expand(4)
+        x5 = traj.xs[:, 5]
+        assert torch.allclose(traj.xs[:, 6], x5 + net(x5, t, labels) * (s - t)[:, None], atol=1e-6)
+    # a window covering every step is the plain SDE sampler, draw for draw
+    full = sample(net, labels, 6, 0.7, generator=torch.Generator().manual_seed(0), sde_steps=sde_window(6, 6, 0))
+    plain = sample(net, labels, 6, 0.7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(full.xs, plain.xs) and torch.equal(full.logps, plain.logps)
+
+
+def _counted_flow_grpo(cfg):
+    """Train a tiny flow model; count the (sample, step) rows the policy and the reference evaluate in the update."""
+    policy = tiny("flow")
+    ref = frozen_copy(policy)
+    rows = {"update": 0}
+
+    def count(module, args, out):
+        if torch.is_grad_enabled() or module is ref:  # the update's policy passes (with grad) and ref passes
+            rows["update"] += args[0].shape[0]
+    policy.register_forward_hook(count)
+    ref.register_forward_hook(lambda m, a, o: count(ref, a, o))
+    log = train_flow_grpo(policy, box_distance_reward, cfg, ref=ref)
+    return policy, log, rows["update"]
+
+
+def test_full_window_is_plain_flow_grpo_and_the_update_shrinks_with_the_window():
+    base = dict(iterations=2, labels_per_batch=3, samples_per_label=4, n_steps=8)
+    plain, _, n_plain = _counted_flow_grpo(FlowGRPOConfig(**base))
+    full, _, n_full = _counted_flow_grpo(FlowGRPOConfig(**base, sde_window=8))
+    for p, q in zip(plain.parameters(), full.parameters()):
+        assert torch.equal(p, q)  # same seed, same weights, bit for bit
+    _, log, n_window = _counted_flow_grpo(FlowGRPOConfig(**base, sde_window=2, window_start=1))
+    # 2 rounds x 12 samples x steps x (policy + ref): K = 8 steps vs the window's 2
+    assert n_plain == n_full == 2 * 12 * 8 * 2
+    assert n_window == 2 * 12 * 2 * 2
+    assert log.rows[0]["policy/first_ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert log.rows[0]["window/size"] == 2
+
+
+def test_sliding_window_schedule_and_config_errors():
+    from minirlhf.diffusion.flow_grpo import window_start_at
+    from minirlhf.errors import ConfigError
+    cfg = FlowGRPOConfig(n_steps=10, sde_window=4, window_start=0, window_shift_every=3, window_stride=2)
+    assert [window_start_at(cfg, it) for it in range(0, 15, 3)] == [0, 2, 4, 6, 6]  # stops at K - W = 6
+    for bad in (dict(sde_window=11), dict(sde_window=-1), dict(sde_window=4, window_start=7), dict(window_stride=0),
+                dict(window_shift_every=-1)):
+        with pytest.raises(ConfigError):
+            FlowGRPOConfig(n_steps=10, **bad).validate()

@@ -126,11 +126,14 @@ def step_mean_std(net, kind: str, x: Tensor, t: Tensor, s: Tensor, labels: Tenso
 
 def sample(net, labels: Tensor, n_steps: int = 20, noise: float = 1.0, kind: str | None = None,
            generator: torch.Generator | None = None, grad_last_k: int = 0, x_init: Tensor | None = None,
-           dim: int | None = None, clip_x0: float | None = None) -> Trajectory:
+           dim: int | None = None, clip_x0: float | None = None, sde_steps: Tensor | None = None) -> Trajectory:
     """Sample B = len(labels) trajectories of n_steps from t = 1 to 0, recording step log-probs.
 
     noise: eta for DDPM (1 = ancestral), a for flow (0 = ODE). grad_last_k > 0 keeps the graph of
     the last k steps only (DRaFT-K); the states before them are detached. Otherwise no graph.
+    sde_steps: (n_steps,) bool, the steps that get `noise` (MixGRPO's window); the others are ODE
+    steps (noise 0: deterministic, mask 0, log-prob 0). None: every step. The noise z is drawn at
+    every step either way, so a window covering all steps reproduces the plain sampler exactly.
     """
     kind = kind or model_kind(net)
     dim = dim or getattr(getattr(net, "config", None), "dim", None) or (x_init.shape[1] if x_init is not None else None)
@@ -144,7 +147,8 @@ def sample(net, labels: Tensor, n_steps: int = 20, noise: float = 1.0, kind: str
     for k in range(n_steps):
         with torch.set_grad_enabled(k >= n_steps - grad_last_k):
             t, s = ts[k].expand(B), ts[k + 1].expand(B)
-            mean, std = step_mean_std(net, kind, x, t, s, labels, noise, t_cap, clip_x0)
+            noise_k = noise if sde_steps is None or bool(sde_steps[k]) else 0.0
+            mean, std = step_mean_std(net, kind, x, t, s, labels, noise_k, t_cap, clip_x0)
             stochastic = std > 0  # (B,)
             z = torch.randn(mean.shape, generator=generator)
             x = mean + std[:, None] * z
@@ -156,24 +160,25 @@ def sample(net, labels: Tensor, n_steps: int = 20, noise: float = 1.0, kind: str
     return Trajectory(xs_t, ts, labels, torch.stack(logps, 1), torch.stack(masks, 1), kind, noise, clip_x0)
 
 
-def _flat_steps(traj: Trajectory) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The K steps of B trajectories as one batch of N = B*K: x_t, x_s (N, D), t, s, labels (N,)."""
+def _flat_steps(traj: Trajectory, steps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Steps (default: all K) of B trajectories as one batch of N = B*W: x_t, x_s (N, D), t, s, labels (N,)."""
     B, K1, D = traj.xs.shape
-    K = K1 - 1
-    x_t = traj.xs[:, :-1].detach().reshape(B * K, D)
-    x_s = traj.xs[:, 1:].detach().reshape(B * K, D)
-    t = traj.ts[:-1].repeat(B)  # (B*K,) in row-major (b, k) order
-    s = traj.ts[1:].repeat(B)
-    labels = traj.labels.repeat_interleave(K)
-    return x_t, x_s, t, s, labels
+    if steps is None:
+        x_t, x_s, t, s = traj.xs[:, :-1], traj.xs[:, 1:], traj.ts[:-1], traj.ts[1:]
+    else:  # (W,) step indices: only these are evaluated (MixGRPO's window)
+        x_t, x_s, t, s = traj.xs[:, steps], traj.xs[:, steps + 1], traj.ts[steps], traj.ts[steps + 1]
+    W = t.shape[0]
+    labels = traj.labels.repeat_interleave(W)
+    # (B*W, D) and (B*W,) in row-major (b, k) order
+    return x_t.detach().reshape(B * W, D), x_s.detach().reshape(B * W, D), t.repeat(B), s.repeat(B), labels
 
 
-def step_means(net, traj: Trajectory) -> tuple[Tensor, Tensor]:
-    """Re-evaluate every stored step under `net`: means (B, K, D), stds (B, K)."""
-    B, K1, D = traj.xs.shape
-    x_t, _, t, s, labels = _flat_steps(traj)
+def step_means(net, traj: Trajectory, steps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Re-evaluate stored steps under `net` (all K, or the (W,) indices `steps`): means (B, W, D), stds (B, W)."""
+    B, _, D = traj.xs.shape
+    x_t, _, t, s, labels = _flat_steps(traj, steps)
     mean, std = step_mean_std(net, traj.kind, x_t, t, s, labels, traj.noise, traj.ts[1].item(), traj.clip_x0)
-    return mean.reshape(B, K1 - 1, D), std.reshape(B, K1 - 1)
+    return mean.reshape(B, -1, D), std.reshape(B, -1)
 
 
 def trajectory_logprobs(net, traj: Trajectory) -> Tensor:
