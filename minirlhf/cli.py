@@ -201,6 +201,9 @@ def _register_builtin() -> None:
         "diffusion": Command(commands.DiffusionRunConfig, commands.run_diffusion,
                              "RL for a diffusion/flow model (--method ddpo, draft, diffusion_dpo, flow_grpo)",
                              commands.diffusion_args),
+        "rm-bench": Command(commands.RMBenchConfig, commands.run_rm_bench,
+                            "a reward model on categorised pairs with a known gold ordering (RewardBench layout)",
+                            commands.rm_bench_args),
         "baselines": Command(baselines.BaselinesConfig, baselines.run_baselines,
                              "every method on the built-in world, one table"),
     }

@@ -512,7 +512,8 @@ class DiffusionRunConfig:
     """`minirlhf diffusion`: which method, on which world; the method's other settings are its defaults."""
 
     method: str = "ddpo"
-    """ddpo (DDPO_IS), ddpo_sf (REINFORCE), draft (DRaFT-1, reward backprop), diffusion_dpo, flow_grpo."""
+    """ddpo (DDPO_IS), ddpo_sf (REINFORCE), draft (DRaFT-1, reward backprop), diffusion_dpo, flow_grpo,
+    mix_grpo (Flow-GRPO with MixGRPO's sliding SDE window: 4 of 20 steps)."""
     world: str = "points"
     """points (reward: land in the upper box) or digits (reward: a proxy classifier's log p(label);
     a second, gold classifier judges)."""
@@ -541,6 +542,7 @@ DIFFUSION_METHODS = {
     "draft": ("ddpm", "DRaFTConfig", {}),
     "diffusion_dpo": ("ddpm", "DiffusionDPOConfig", {}),
     "flow_grpo": ("flow", "FlowGRPOConfig", {}),
+    "mix_grpo": ("flow", "FlowGRPOConfig", {"sde_window": 4, "window_shift_every": 6, "window_stride": 3}),
     # notebook 12's methods that aim at p* = p_base exp(r / beta) / Z (beta = 1), with the memoryless flow SDE
     "adjoint_matching": ("flow", "AdjointMatchingConfig", {"lr": 2e-3}),
     "dpok": ("flow", "DDPOConfig", {"lr": 1e-3, "eta": 2 ** 0.5, "kl_coef": 1.0, "normalize_advantages": False}),
@@ -603,7 +605,7 @@ def run_diffusion(args, cfg: DiffusionRunConfig) -> dict:
         diffusion.train_reward_weighted(policy, reward_fn, method_cfg, logger=log, **hooks)
     elif cfg.method == "draft":
         diffusion.train_draft(policy, reward_fn, method_cfg, logger=log, **hooks)
-    elif cfg.method == "flow_grpo":
+    elif cfg.method in ("flow_grpo", "mix_grpo"):
         diffusion.train_flow_grpo(policy, reward_fn, method_cfg, ref=ref, logger=log, **hooks)
     else:  # offline: pairs sampled once from the base model, ordered by the reward
         pairs = diffusion.make_preference_pairs(ref, reward_fn, cfg.pairs_per_label,
@@ -625,3 +627,55 @@ def run_diffusion(args, cfg: DiffusionRunConfig) -> dict:
     out = _finish(args, "diffusion", log, summary, plot_keys=[f"reward/{task}", "kl", "loss"], x="iteration")
     save_net(policy, Path(out["run_dir"]) / "model", {k: v for k, v in summary.items() if k != "run_dir"})
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# rm-bench: a reward model on categorised pairs with a known gold ordering (RewardBench layout)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RMBenchConfig:
+    """`minirlhf rm-bench`: score a reward model on a RewardBench-format file, per subset."""
+
+    batch_size: int = 64
+    """Texts scored per forward pass."""
+    max_length: int = 256
+    """Longest prompt + completion (+ EOS) in tokens; a longer row is an invalid row."""
+
+    def validate(self) -> None:
+        check_config(self, at_least_1=("batch_size", "max_length"))
+
+
+def rm_bench_args(p):
+    p.add_argument("--model", default=None, help="a reward model: a minirlhf reward-model folder or built-in name, or "
+                   "a Hugging Face AutoModelForSequenceClassification (one label) by hub name or local path "
+                   "(default: review-rm)")
+    p.add_argument("--dataset", default=None, help="a JSON/JSONL/Parquet file of prompt/chosen/rejected[/subset] rows "
+                   "(default: the built-in data/reviews/rm_bench.jsonl)")
+    p.add_argument("--drop-invalid", action="store_true", help="drop invalid rows (counted) instead of stopping")
+    p.add_argument("--strict-vocab", action="store_true",
+                   help="a character the tokenizer does not know is an invalid row, not a warning")
+
+
+def run_rm_bench(args, cfg: RMBenchConfig) -> dict:
+    from .models import load_tokenizer
+    from .reward_hacking.rm_bench import evaluate_rm_bench, format_table, load_reward_scorer, load_rm_bench
+
+    model_name = args.model or "review-rm"
+    tok = load_tokenizer(model_name, trust_remote_code=args.trust_remote_code)
+    if args.dataset is None:
+        rows = load_rm_bench(None)
+    else:  # checked before the model is loaded
+        rows = _load_dataset(args, load_rm_bench, tokenizer=tok, max_length=cfg.max_length)
+    scorer = load_reward_scorer(model_name, tok, args.trust_remote_code, cfg.batch_size, _device(args))
+    t0 = time.time()
+    result = evaluate_rm_bench(scorer, rows)
+    print(format_table(result))
+    summary = {"method": "rm-bench", "model": model_name, "dataset": args.dataset or "data/reviews/rm_bench.jsonl",
+               "pairs": len(rows), **_data_counts(args), "accuracy": round(result["overall"]["accuracy"], 4),
+               "mean_over_subsets": round(result["mean_over_subsets"], 4),
+               "subsets": {k: {m: round(v, 4) if isinstance(v, float) else v for m, v in s.items()}
+                           for k, s in result["subsets"].items()},
+               "seconds": round(time.time() - t0, 1)}
+    return _finish(args, "rm-bench", MetricsLogger(), summary)

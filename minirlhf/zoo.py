@@ -147,6 +147,7 @@ BUILD_STEPS: dict[str, Callable[[], dict]] = {
     "arith-sft-full": lambda: build_base_model("arith-sft-full"),
     "review-sft": lambda: build_base_model("review-sft"),
     "review-rm": _lazy("minirlhf.reward_model", "build_shipped"),
+    "rm-bench": _lazy("minirlhf.reward_hacking.rm_bench", "build_shipped"),  # mines review-rm's worst pairs
     "diffusion": _lazy("minirlhf.diffusion.models", "build_shipped"),
     "arith-verifiers": _lazy("minirlhf.prm_build", "build_verifiers"),
 }

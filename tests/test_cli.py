@@ -130,12 +130,12 @@ def test_diffusion_on_its_tiny_preset(workdir, capsys):
 
 
 @pytest.mark.parametrize("method,world", [("ddpo_sf", "points"), ("draft", "digits"), ("diffusion_dpo", "points"),
-                                          ("flow_grpo", "points")])
+                                          ("flow_grpo", "points"), ("mix_grpo", "points")])
 def test_diffusion_methods(workdir, capsys, method, world):
     s = run(capsys, ["diffusion", "--method", method, "--world", world, "--iterations", "2",
                      "--eval-per-label", "4", "--eval-every", "0", "--pairs-per-label", "8"])
     assert s["method"] == method and s["world"] == world and s["kl"] >= 0
-    assert s["model"].endswith("flow" if method == "flow_grpo" else "ddpm")
+    assert s["model"].endswith("flow" if method in ("flow_grpo", "mix_grpo") else "ddpm")
 
 
 def test_bad_rows_name_file_row_and_field(workdir, capsys):
