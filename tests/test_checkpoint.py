@@ -30,6 +30,7 @@ def test_resume_after_kill_is_identical(tmp_path, tok, tiny_model):
     cfg = SFTConfig(steps=24, batch_size=8, warmup_steps=2, log_every=1)
     full = train_sft(tiny_model, tok, ROWS, cfg)
     final = params(tiny_model)
+    assert max((final[k] - init[k]).abs().max().item() for k in init) > 1e-3  # training moved the weights
 
     tiny_model.load_state_dict(init)
     ckpt = dict(checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=5)
@@ -73,6 +74,8 @@ def check_resume(tmp_path, model, train, cfg, kill_at: int, every: int):
     init = params(model)
     full = train(cfg, MetricsLogger())
     final = params(model)
+    moved = max((final[k] - init[k]).abs().max().item() for k in init)
+    assert moved > 1e-4, moved  # training changed the weights: resuming to them is not resuming to the start
     ckpt = dict(checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=every)
     model.load_state_dict(init)
     with pytest.raises(Killed):
