@@ -1,0 +1,87 @@
+"""Reward-hacking defences by hand: ensemble aggregations, WARM, length control, the monitor."""
+import pytest
+import torch
+
+from minirlhf.reward_hacking.defences import (EnsembleReward, ensemble_reward, first_flag, hacking_flags,
+                                              length_penalised, pearson, warm_average)
+
+S = torch.tensor([[1.0, 0.0, 2.0],
+                  [3.0, 0.0, -2.0]])    # (K=2, B=3)
+
+
+def test_ensemble_aggregations_by_hand():
+    assert ensemble_reward(S, "mean").tolist() == [2.0, 0.0, 0.0]
+    assert ensemble_reward(S, "worst").tolist() == [1.0, 0.0, -2.0]
+    # population variances: (1,3) -> 1; (0,0) -> 0; (2,-2) -> 4
+    assert ensemble_reward(S, "uwo", lam=0.5).tolist() == [2.0 - 0.5, 0.0, 0.0 - 2.0]
+    assert ensemble_reward(S, "mean_minus_std", lam=1.0).tolist() == [1.0, 0.0, -2.0]
+    # one member: every method is that member
+    for m in ("mean", "worst", "uwo", "mean_minus_std"):
+        assert ensemble_reward(S[:1], m).tolist() == S[0].tolist()
+
+
+def test_ensemble_reward_wraps_functions_and_validates():
+    f1 = lambda p, c: [1.0, 5.0]
+    f2 = lambda p, c: [3.0, 1.0]
+    assert EnsembleReward([f1, f2], "worst")(["a", "b"], ["x", "y"]) == [1.0, 1.0]
+    assert EnsembleReward([f1, f2], "mean")(["a", "b"], ["x", "y"]) == [2.0, 3.0]
+    with pytest.raises(ValueError, match="method must be one of"):
+        EnsembleReward([f1], "median")
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        ensemble_reward(S, "uwo", lam=-1)
+    with pytest.raises(ValueError, match=r"\(K, B\)"):
+        ensemble_reward(torch.zeros(3), "mean")
+
+
+def test_warm_average_is_the_mean_of_state_dicts():
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(4, 2) for _ in range(3)]
+    sds = [n.state_dict() for n in nets]
+    avg = warm_average(sds)
+    for k in sds[0]:
+        assert torch.allclose(avg[k], torch.stack([sd[k] for sd in sds]).mean(0), atol=1e-7)
+    # weights: all on one model gives that model back; a loadable state dict
+    one = warm_average(sds, [0.0, 1.0, 0.0])
+    assert all(torch.equal(one[k], sds[1][k]) for k in one)
+    torch.nn.Linear(4, 2).load_state_dict(avg)
+
+
+def test_warm_average_refuses_mismatched_models():
+    a, b = torch.nn.Linear(4, 2).state_dict(), torch.nn.Linear(4, 3).state_dict()
+    with pytest.raises(ValueError, match="different shapes"):
+        warm_average([a, b])
+    with pytest.raises(ValueError, match="different keys"):
+        warm_average([a, {"weight": a["weight"]}])
+    with pytest.raises(ValueError, match="summing to 1"):
+        warm_average([a, a], [0.7, 0.7])
+    ia, ib = {"ids": torch.tensor([0, 1])}, {"ids": torch.tensor([0, 2])}
+    with pytest.raises(ValueError, match="integer buffer"):
+        warm_average([ia, ib])
+
+
+def test_length_penalty_and_correlation():
+    base = lambda p, c: [1.0] * len(c)
+    r = length_penalised(base, alpha=0.1, center=2.0)(["p"] * 3, ["ab", "abcd", ""])
+    assert r == pytest.approx([1.0, 0.8, 1.2])
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson([1, 1, 1], [1, 2, 3]) == 0.0
+    # hand value: x = (0, 1, 2), y = (0, 0, 3): cov = 3, |x| = sqrt 2, |y| = sqrt 6 -> 3 / sqrt 12
+    assert pearson([0, 1, 2], [0, 0, 3]) == pytest.approx(3 / 12 ** 0.5)
+
+
+def test_monitor_fires_only_when_proxy_rises_and_the_independent_signal_falls():
+    proxy = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    both_up = [0.0, 0.4, 0.8, 1.0, 1.1, 1.2]
+    turn = [0.0, 0.4, 0.8, 0.7, 0.3, 0.0]
+    assert not any(hacking_flags(proxy, both_up))
+    flags = hacking_flags(proxy, turn, window=2)
+    assert flags == [False, False, False, False, True, True]
+    assert first_flag(flags) == 4 and first_flag([False]) is None
+    # margins: a fall of 0.1 over the window is not enough when min_fall = 0.2
+    assert hacking_flags(proxy, turn, window=1, min_fall=0.2) == [False, False, False, False, True, True]
+    assert hacking_flags(proxy, turn, window=1, min_fall=0.5) == [False] * 6
+    flat_proxy = [1.0] * 6
+    assert not any(hacking_flags(flat_proxy, turn))
+    with pytest.raises(ValueError, match="equal lengths"):
+        hacking_flags([1.0], [1.0, 2.0])
