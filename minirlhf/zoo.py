@@ -148,6 +148,7 @@ BUILD_STEPS: dict[str, Callable[[], dict]] = {
     "review-sft": lambda: build_base_model("review-sft"),
     "review-rm": _lazy("minirlhf.reward_model", "build_shipped"),
     "rm-bench": _lazy("minirlhf.reward_hacking.rm_bench", "build_shipped"),  # mines review-rm's worst pairs
+    "rm-ensemble": _lazy("minirlhf.reward_hacking.ensemble_build", "build_ensemble"),  # review-rm's siblings + WARM
     "diffusion": _lazy("minirlhf.diffusion.models", "build_shipped"),
     "arith-verifiers": _lazy("minirlhf.prm_build", "build_verifiers"),
 }

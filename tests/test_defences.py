@@ -85,3 +85,19 @@ def test_monitor_fires_only_when_proxy_rises_and_the_independent_signal_falls():
     assert not any(hacking_flags(flat_proxy, turn))
     with pytest.raises(ValueError, match="equal lengths"):
         hacking_flags([1.0], [1.0, 2.0])
+
+
+def test_defence_bench_pieces_by_hand():
+    from minirlhf.errors import ConfigError
+    from minirlhf.reward_hacking.defence_bench import DefenceBenchConfig, fit_length_slope, per_prompt_bon
+
+    # slope of y = 2 x + 1 is 2
+    assert fit_length_slope(torch.tensor([1.0, 3.0, 5.0]), torch.tensor([0.0, 1.0, 2.0])) == pytest.approx(2.0)
+    # one prompt, pool of 2: N=1 is the mean gold, N=2 is the gold of the sample the selector ranks higher
+    sel, gold = torch.tensor([[0.0, 1.0], [5.0, 1.0]]), torch.tensor([[10.0, 20.0], [1.0, 3.0]])
+    c = per_prompt_bon(sel, gold, [1, 2])
+    assert c.tolist() == [[15.0, 20.0], [2.0, 1.0]]
+    with pytest.raises(ConfigError, match="--pool must be >= 2"):
+        DefenceBenchConfig(pool=1).validate()
+    with pytest.raises(ConfigError, match="--uwo-lambda"):
+        DefenceBenchConfig(uwo_lambda=-1.0).validate()
