@@ -101,3 +101,20 @@ def test_defence_bench_pieces_by_hand():
         DefenceBenchConfig(pool=1).validate()
     with pytest.raises(ConfigError, match="--uwo-lambda"):
         DefenceBenchConfig(uwo_lambda=-1.0).validate()
+
+
+def test_hacking_monitor_flags_rows_as_they_are_logged(tmp_path, capsys):
+    import json
+    from minirlhf.reward_hacking.defences import HackingMonitor
+    from minirlhf.utils import MetricsLogger
+
+    mon = HackingMonitor(MetricsLogger(tmp_path / "m.jsonl"), window=1, min_fall=0.05)
+    mon.log({"step": 0, "loss": 1.0})                               # not an evaluation row: untouched
+    for step, (p, g) in enumerate([(0.0, 0.0), (0.5, 0.3), (1.0, 0.32), (1.5, 0.1), (2.0, -0.2)], start=1):
+        mon.log({"step": step, "eval/scores": p, "eval/gold": g})
+    assert mon.series("hacking/flag") == [0, 0, 0, 1, 1]            # fires when gold falls by > 0.05
+    assert mon.first_flag_step == 4
+    out = capsys.readouterr().out
+    assert out.count("possible reward hacking") == 1 and "step 4" in out
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r.get("hacking/flag") for r in rows] == [None, 0, 0, 0, 1, 1]   # written to the file as it goes

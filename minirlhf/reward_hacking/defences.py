@@ -138,3 +138,53 @@ def hacking_flags(proxy: Sequence[float], independent: Sequence[float], window: 
 def first_flag(flags: Sequence[bool]) -> int | None:
     """Index of the first flagged evaluation, or None."""
     return next((i for i, f in enumerate(flags) if f), None)
+
+
+class HackingMonitor:
+    """A metrics logger that watches for reward hacking as the run goes (any trainer taking `logger=`).
+
+    Wraps a `utils.MetricsLogger`: every row that has both `proxy_key` and `independent_key` (by
+    default PPO's evaluation rows: `eval/scores` from the reward model being optimised and
+    `eval/gold`, which a user without a gold reward fills with a held-out reward model passed as
+    `gold_fn`, e.g. an ensemble sibling) is added to two series; `hacking/flag` (0 or 1) is written
+    into that row from `hacking_flags`, and the first firing prints one warning line.
+
+        monitor = HackingMonitor(MetricsLogger("run/metrics.jsonl"), window=2, min_rise=0.02, min_fall=0.05)
+        train_ppo(policy, tok, prompts, rm, cfg, gold_fn=held_out_rm, eval_prompts=ev, logger=monitor)
+        monitor.first_flag_step          # the step where the proxy rose while the independent signal fell
+    """
+
+    def __init__(self, inner=None, proxy_key: str = "eval/scores", independent_key: str = "eval/gold",
+                 window: int = 2, min_rise: float = 0.0, min_fall: float = 0.0, warn: bool = True):
+        from ..utils import MetricsLogger
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.inner = inner if inner is not None else MetricsLogger()
+        self.proxy_key, self.independent_key = proxy_key, independent_key
+        self.window, self.min_rise, self.min_fall, self.warn = window, min_rise, min_fall, warn
+        self.proxy: list[float] = []
+        self.independent: list[float] = []
+        self.steps: list = []
+        self.first_flag_step = None
+
+    def log(self, row: dict) -> dict:
+        if self.proxy_key in row and self.independent_key in row:
+            self.proxy.append(float(row[self.proxy_key]))
+            self.independent.append(float(row[self.independent_key]))
+            self.steps.append(row.get("step"))
+            flag = hacking_flags(self.proxy, self.independent, self.window, self.min_rise, self.min_fall)[-1]
+            row = {**row, "hacking/flag": int(flag)}
+            if flag and self.first_flag_step is None:
+                self.first_flag_step = row.get("step")
+                if self.warn:
+                    i = len(self.proxy) - 1
+                    print(f"warning: possible reward hacking at step {row.get('step')}: {self.proxy_key} "
+                          f"{self.proxy[i - self.window]:+.3f} -> {self.proxy[i]:+.3f} while {self.independent_key} "
+                          f"{self.independent[i - self.window]:+.3f} -> {self.independent[i]:+.3f} "
+                          f"over the last {self.window} evaluations", flush=True)
+        return self.inner.log(row)
+
+    def __getattr__(self, name):          # rows, series, path, drop_from_step, ... of the wrapped logger
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
