@@ -11,6 +11,7 @@ touched), lets the asserts fail without stopping the run, and collects:
 
     python scripts/seed_sweep.py notebooks/03_ppo.ipynb --seeds 0 1 2
     python scripts/seed_sweep.py notebooks/0[2-7]*.ipynb --seeds 0 1 2 --jobs 2 --out /tmp/sweep
+    python scripts/seed_sweep.py notebooks/*.ipynb --seeds 0 --store   # idle machine: store outputs and times
 
 Each run gets OMP_NUM_THREADS=1 (the notebooks also call torch.set_num_threads(1)), so a seed gives
 the same numbers run after run on one machine. Results are appended to <out>/results.jsonl and a
@@ -24,6 +25,7 @@ import json
 import os
 import pathlib
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -137,6 +139,9 @@ def main() -> None:
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("/tmp/minirlhf_seed_sweep"))
     ap.add_argument("--jobs", type=int, default=1, help="notebooks run at once (<= cores)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    ap.add_argument("--store", action="store_true",
+                    help="write each seed-0 run that had no error back over its notebook (stored outputs); "
+                         "run it on an idle machine with --jobs 1 so the times a reader sees are idle times")
     ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -157,6 +162,10 @@ def main() -> None:
                 fh.write(json.dumps(r) + "\n")
             print(f"{r['notebook']} seed {r['seed']}: {r['wall_s']}s wall {r.get('cpu_s')}s CPU ok={r['ok']} {json.dumps(r['values'])}"
                   + (f"  [{r['error']}]" if r["error"] else ""), flush=True)
+            if args.store and r["seed"] == 0 and r["ok"] and r["executed"]:
+                src = next(nb for nb in args.notebooks if nb.stem == r["notebook"])
+                shutil.copyfile(r["executed"], src)
+                print(f"stored outputs in {src}", flush=True)
     text = table(results)
     (args.out / "table.md").write_text(text + "\n")
     print(text)
