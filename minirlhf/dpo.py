@@ -191,6 +191,46 @@ def nll_loss(chosen_logps: Tensor, chosen_lengths: Tensor) -> Tensor:
     return -chosen_logps / chosen_lengths.clamp(min=1)
 
 
+def margin_losses(h: Tensor, beta: float = 0.1, eps: float = 0.1, simpo_beta: float = 2.0,
+                  simpo_gamma: float = 1.0, orpo_lambda: float = 0.1) -> dict[str, Tensor]:
+    """Each loss of the family as a function of one margin, for a picture. h: (K,) -> {name: (K,)}.
+
+    Calls the loss functions above, so the picture is the code that trains. The margin h is:
+    * dpo, cdpo, ipo (tau = beta), hinge: the log-ratio margin h of `logratio_margin`;
+    * kto: the same h split evenly, log-ratios +h/2 (chosen) and -h/2 (rejected), reference
+      point z0 = 0; the loss is the sum of the pair's two terms;
+    * simpo: the difference of mean token log-probs (a length-normalised margin, no reference);
+    * orpo: the difference of log odds (the odds-ratio term only; the NLL term has no margin).
+    """
+    zero = torch.zeros_like(h)
+    return {
+        "dpo": dpo_loss(h, beta),
+        "cdpo": cdpo_loss(h, beta, eps),
+        "ipo": ipo_loss(h, beta),
+        "hinge": hinge_loss(h, beta),
+        "kto": kto_loss(h / 2, -h / 2, torch.zeros(()), beta).view(2, -1).sum(0),  # (2K,) -> (K,)
+        "simpo": simpo_loss(h, zero, simpo_beta, simpo_gamma),
+        # mean log-probs whose log odds are h and 0: log_odds(logsigmoid(x)) = x
+        "orpo": orpo_odds_ratio_loss(F.logsigmoid(h), F.logsigmoid(zero), orpo_lambda),
+    }
+
+
+def margin_gradient_weights(h: Tensor, **kwargs) -> dict[str, Tensor]:
+    """d loss / d margin of every loss in `margin_losses` (autograd), same margins. (K,) -> {name: (K,)}.
+
+    The gradient of a pair's loss with respect to the weights is this weight times
+    d margin / d weights, so it says how hard each pair is pushed: DPO's is -beta sigmoid(-beta h)
+    (fades as h grows), IPO's is 2 (h - 1/(2 tau)) (reverses past the target), the hinge's is
+    -beta until beta h = 1, then 0.
+    """
+    h = h.detach().double().requires_grad_(True)
+    out = {}
+    for name, loss in margin_losses(h, **kwargs).items():
+        (grad,) = torch.autograd.grad(loss.sum(), h)  # each loss is elementwise in h, so this is dL_k/dh_k
+        out[name] = grad
+    return out
+
+
 def preference_loss(cfg: DPOConfig, logps: dict[str, Tensor], ref: dict[str, Tensor] | None
                     ) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss of `cfg.loss_type` (mean over the batch) and the metrics every variant logs.
