@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .commands import REVIEW_EVAL_PROMPTS, _review_eval, sequence_kl
 from .errors import ConfigError
+from .evaluate import REVIEW_EVAL_PROMPTS, sequence_kl
+from .runs import run_dir
 
 
 @dataclass
@@ -51,8 +52,11 @@ def _review_rows(seed: int) -> dict[str, dict]:
     prompts = [r["prompt"] for r in prefs]  # 21 distinct prompts, repeated: PPO samples batches of them
     held_out = [r["prompt"] for r in load_split("reviews", "prompts_test")][:REVIEW_EVAL_PROMPTS]
 
+    def review_eval(policy, ref, tok):  # gold reward and sequence KL(pi || review-sft), one sample per prompt
+        return sequence_kl(policy, ref, tok, held_out, gold_fn=reviews.gold_rewards)
+
     def sft():
-        return _review_eval(ref, ref, tok)
+        return review_eval(ref, ref, tok)
 
     def bon16():
         out = best_of_n(ref, tok, held_out, 16, RewardModelScorer(rm, tok), max_new_tokens=64,
@@ -64,13 +68,13 @@ def _review_rows(seed: int) -> dict[str, dict]:
     def ppo():
         policy = load_model("review-sft")
         _, policy = train_ppo(policy, tok, prompts, rm, PPOConfig(seed=seed), ref_model=ref)
-        return _review_eval(policy.eval(), ref, tok)
+        return review_eval(policy.eval(), ref, tok)
 
     def dpo(loss_type):
         def run():
             policy = load_model("review-sft")
             train_dpo(policy, tok, prefs[:2000], DPOConfig(loss_type=loss_type, seed=seed), ref_model=ref)
-            return _review_eval(policy.eval(), ref, tok)
+            return review_eval(policy.eval(), ref, tok)
         return run
 
     return {"SFT (review-sft)": sft, "best-of-16 (review-rm)": bon16, "PPO": ppo,
@@ -190,8 +194,6 @@ def _table(results: dict[str, dict]) -> str:
 
 
 def run_baselines(args, cfg: BaselinesConfig) -> dict:
-    from .cli import run_dir
-
     torch.manual_seed(cfg.seed)
     rows = {**_review_rows(cfg.seed), **_arith_rows(cfg.seed), **_diffusion_rows(cfg.seed)}
     wanted = [w.strip().lower() for w in cfg.only.split(",") if w.strip()]

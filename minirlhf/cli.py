@@ -12,6 +12,11 @@ Methods register themselves in `COMMANDS` (name -> Command). Under `torchrun` th
 trainers split batches over ranks (sft, rm, dpo) run with DDP, and only rank 0 writes and prints:
 
     torchrun --standalone --nproc_per_node 2 -m minirlhf dpo --model Qwen/Qwen2.5-0.5B --dataset prefs.jsonl
+
+This file is the top of the command line and imports downwards only: the runners in
+`commands/` (one module per family: llm.py, verifiers.py, diffusion.py) and `baselines.py`,
+which use `runs.py` (run folders, plots) and `evaluate.py`. `minirlhf grade` and
+`minirlhf exercises` hand over to `exercises/` (stubs a student fills in, graded against the package).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import ConfigError, UserError, debug_enabled
-from .utils import MetricsLogger
+from .runs import plot_metrics, run_dir  # noqa: F401  (their old home; the runners import them from runs.py)
 
 
 @dataclass
@@ -46,6 +51,24 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+
+
+@dataclass
+class Tool:
+    """A subcommand that trains nothing (grading exercises ...): its flags and what it runs (-> exit code)."""
+
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+
+
+def _tools() -> dict[str, Tool]:
+    from . import exercises
+
+    return {"grade": Tool(exercises.run_grade, "grade a filled-in exercise stub against the package "
+                          "(minirlhf grade my_exercises/dpo_loss.py)", exercises.add_grade_args),
+            "exercises": Tool(exercises.run_exercises, "list the exercises, or copy their stubs into a folder "
+                              "(minirlhf exercises init my_exercises)", exercises.add_exercises_args)}
 
 
 def add_config_args(parser: argparse.ArgumentParser, config_cls: type) -> None:
@@ -150,33 +173,6 @@ def init_distributed(cmd_name: str, cmd: Command) -> int:
     return dist.get_rank()
 
 
-def run_dir(name: str) -> Path:
-    out = Path("runs") / name
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def plot_metrics(log: MetricsLogger, keys: list[str], path: Path, x: str = "step") -> None:
-    """One small panel per metric, saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [k for k in keys if log.series(k)]
-    if not keys:
-        return
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-        rows = [r for r in log.rows if k in r and x in r]
-        ax.plot([r[x] for r in rows], [r[k] for r in rows], marker=".")
-        ax.set_title(k)
-        ax.set_xlabel(x)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 def _register_builtin() -> None:
     from . import baselines, commands
     from .dpo import DPOConfig
@@ -253,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
         if cmd.add_args:
             cmd.add_args(p)
         add_config_args(p, cmd.config_cls)
+    for name, tool in _tools().items():
+        p = sub.add_parser(name, help=tool.help, description=tool.help)
+        p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+        tool.add_args(p)
     return parser
 
 
@@ -296,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(_join_negative_numbers(argv))
+    if args.command not in COMMANDS:  # a tool: it prints its own report and says its exit code
+        return _tools()[args.command].run(args)
     cmd = COMMANDS[args.command]
     cfg = build_config(cmd.config_cls, args)
     if hasattr(cfg, "validate"):
