@@ -337,6 +337,28 @@ def ppo_update(policy, value_model, optimizer, exp: dict, cfg: PPOConfig,
     return out
 
 
+@torch.no_grad()
+def token_view(policy, ref_model, exp: dict, beta: float, temperature: float = 1.0) -> dict[str, Tensor]:
+    """Per-token quantities of one batch of experience, for looking at (plots, debugging).
+
+    exp: what `make_experience` returned; policy: the policy now (e.g. after `ppo_update` on exp).
+    Returns (B, T) tensors, 0 outside the completion (`mask`):
+        kl_penalty = -beta * (log pi_old(y_t) - log pi_ref(y_t))   the KL part of r_t [D6]
+        value      = V(s_t) of the rollout's value model [D9]
+        advantage  = the whitened GAE advantage the update used [D10, D11]
+        ratio      = pi(y_t) / pi_old(y_t) under `policy` (1 on-policy) [D12]
+    """
+    mask = exp["mask"]  # (B, T)
+    ids, attn = exp["input_ids"], exp["attention_mask"]
+    ref_logp = token_logprobs(ref_model, ids, attn, temperature=temperature)  # (B, T)
+    logp = token_logprobs(policy, ids, attn, temperature=temperature)  # (B, T)
+    return {"kl_penalty": -beta * kl_k1(exp["old_logp"], ref_logp) * mask,
+            "value": exp["old_values"] * mask,
+            "advantage": exp["advantages"] * mask,
+            "ratio": torch.exp(logp - exp["old_logp"]) * mask,
+            "mask": mask}
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation and the loop
 # ---------------------------------------------------------------------------------------------
