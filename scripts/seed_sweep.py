@@ -64,15 +64,19 @@ def extract(nb: dict) -> dict:
     return values
 
 
-def run_one(notebook: pathlib.Path, seed: int, out: pathlib.Path, timeout: int) -> dict:
+def run_one(notebook: pathlib.Path, seed: int, out: pathlib.Path, timeout: int, figures: bool = False) -> dict:
     import nbformat
     from nbconvert.preprocessors import ExecutePreprocessor
 
     nb = nbformat.read(notebook, as_version=4)
-    env_before = {k: os.environ.get(k) for k in ("MINIRLHF_SEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env_before = {k: os.environ.get(k) for k in ("MINIRLHF_SEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND")}
     # the kernel inherits this process's environment when it starts
     os.environ.update(MINIRLHF_SEED=str(seed), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                      MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false")
+                      TOKENIZERS_PARALLELISM="false")
+    if figures:  # the kernel's inline backend draws the figures into the outputs
+        os.environ.pop("MPLBACKEND", None)
+    else:        # Agg skips them (a sweep does not need them)
+        os.environ["MPLBACKEND"] = "Agg"
     ep = ExecutePreprocessor(timeout=timeout, allow_errors=True, kernel_name="python3")
     t0 = time.time()
     try:
@@ -95,10 +99,10 @@ def run_one(notebook: pathlib.Path, seed: int, out: pathlib.Path, timeout: int) 
             "error": err, "values": extract(nb), "executed": str(dest)}
 
 
-def run_subprocess(notebook: pathlib.Path, seed: int, out: pathlib.Path, timeout: int) -> dict:
+def run_subprocess(notebook: pathlib.Path, seed: int, out: pathlib.Path, timeout: int, figures: bool = False) -> dict:
     """One run in its own process, so that runs in parallel do not share os.environ."""
     cmd = [sys.executable, __file__, str(notebook), "--seeds", str(seed), "--out", str(out),
-           "--timeout", str(timeout), "--single"]
+           "--timeout", str(timeout), "--single"] + (["--figures"] if figures else [])
     res = subprocess.run(cmd, capture_output=True, text=True)
     for line in res.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -142,19 +146,21 @@ def main() -> None:
     ap.add_argument("--store", action="store_true",
                     help="write each seed-0 run that had no error back over its notebook (stored outputs); "
                          "run it on an idle machine with --jobs 1 so the times a reader sees are idle times")
+    ap.add_argument("--figures", action="store_true", help="draw the figures (implied by --store)")
     ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     if args.single:
-        r = run_one(args.notebooks[0], args.seeds[0], args.out, args.timeout)
+        r = run_one(args.notebooks[0], args.seeds[0], args.out, args.timeout, args.figures)
         print("RESULT " + json.dumps(r))
         return
 
     jobs = [(nb, s) for nb in args.notebooks for s in args.seeds]
     results = []
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_subprocess, nb, s, args.out, args.timeout) for nb, s in jobs]
+        figures = args.figures or args.store
+        futures = [pool.submit(run_subprocess, nb, s, args.out, args.timeout, figures) for nb, s in jobs]
         for f in futures:
             r = f.result()
             results.append(r)
