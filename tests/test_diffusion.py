@@ -15,14 +15,7 @@ from minirlhf.diffusion.rewards import (box_distance_reward, box_reward, compres
 from minirlhf.diffusion.samplers import alpha_bar, gaussian_kl_same_std, step_mean_std
 from minirlhf.diffusion.worlds import gaussian_flow_velocity, mode_centres
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny MLPs and 2-D samplers run many small ops: one thread avoids per-op sync (much faster on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(kind="ddpm", dim=2, n_labels=3, seed=0):

@@ -14,15 +14,7 @@ from minirlhf.ppo import (AdaptiveKLController, FixedKLController, PPOConfig, ap
                           make_experience, per_token_rewards, ppo_update, rollout_batch, token_values, train_ppo)
 from minirlhf.rl import clipped_surrogate, discounted_returns, gae, masked_mean, masked_var, masked_whiten
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is faster, and on a shared CPU several threads spin (50x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 PROMPTS = ["the film was", "it is", "the plot felt", "the music was"] * 2

@@ -11,13 +11,7 @@ from minirlhf.models import ScalarHeadModel, tiny_llama_config
 from minirlhf.ppo import PPOConfig, disable_dropout, make_experience, ppo_update, token_view
 from minirlhf.rl import kl_k1
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def setup(tok):
