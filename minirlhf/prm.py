@@ -386,6 +386,25 @@ def best_of_n_curve(scores: Tensor, correct: Tensor, ns: list[int], n_perms: int
     return out
 
 
+def best_of_n_per_prompt(scores: Tensor, correct: Tensor, ns: list[int], n_perms: int = 4, seed: int = 0,
+                         pick: Callable[[Tensor, Tensor], Tensor] = best_of_n) -> Tensor:
+    """`best_of_n_curve` before the mean over prompts: (P, M) -> (P, len(ns)), entry [p, j] the
+    fraction of prompt p's disjoint groups of ns[j] (in `n_perms` random orders) whose pick is correct.
+    The same seed draws the same groups, so `.mean(0)` is `best_of_n_curve`; the spread over prompts
+    gives error bars."""
+    g = torch.Generator().manual_seed(seed)
+    P, M = scores.shape
+    cols = []
+    for n in ns:
+        hits = []
+        for _ in range(n_perms):
+            perm = torch.randperm(M, generator=g)[: (M // n) * n].view(-1, n)  # (M // n, n)
+            for chunk in perm:
+                hits.append(pick(scores[:, chunk], correct[:, chunk]).float())  # (P,)
+        cols.append(torch.stack(hits, 1).mean(1))  # (P,)
+    return torch.stack(cols, 1)  # (P, len(ns))
+
+
 def majority_vote(answers: list[list[str | None]], correct: list[list[bool]]) -> list[bool]:
     """Self-consistency (Wang et al., 2023): the most frequent answer wins; report the first
     sample giving it (so the same function scores answer accuracy and trace correctness)."""
