@@ -159,6 +159,9 @@ def test_init_copies_the_stubs_and_keeps_a_students_work(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "0 of 8 passed" in out
     assert main(["grade", str(tmp_path / "nope.py")]) == 1
+    assert "nope.py: no such file or folder" in capsys.readouterr().err
+    (tmp_path / "nope.py").write_text("def nope():\n    pass\n")
+    assert main(["grade", str(tmp_path / "nope.py")]) == 1
     assert "no exercise called 'nope'" in capsys.readouterr().err
 
 
@@ -166,3 +169,17 @@ def test_python_dash_m_minirlhf_exercises(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "minirlhf.exercises", "list"], cwd=ROOT, capture_output=True,
                           text=True)
     assert proc.returncode == 0 and "dpo_loss" in proc.stdout and len(proc.stdout.splitlines()) == len(EXERCISES)
+
+
+def test_cli_bad_paths_are_one_line_errors(tmp_path, capsys):
+    from minirlhf.cli import main
+
+    assert main(["grade", str(tmp_path / "missing.py")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing.py: no such file or folder" in err and "Traceback" not in err
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main(["exercises", "init", str(a_file)]) == 1
+    err = capsys.readouterr().err
+    assert "exists and is not a folder" in err and "Traceback" not in err
+    assert a_file.read_text() == "mine"    # nothing lost

@@ -20,7 +20,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import DataFileNotFound, UserError
 from .catalogue import EXERCISES
 from .grader import Case, Exercise, Report, Slip, grade_function, load_student_function
 
@@ -38,7 +38,12 @@ def stub_path(name: str) -> Path:
 def init(folder: str | Path, force: bool = False) -> list[Path]:
     """Copy every stub into `folder`; an existing file is kept unless `force`. Returns the files written."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: exists and is not a folder (give a folder for the exercise stubs)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{folder}: cannot create the folder ({e.strerror})") from e
     written = []
     for name in EXERCISES:
         dest = folder / f"{name}.py"
@@ -68,6 +73,8 @@ def _files(paths: list[str]) -> list[Path]:
     """The files to grade: each file given, and every exercise file inside each folder given."""
     out = []
     for p in map(Path, paths):
+        if not p.exists():
+            raise DataFileNotFound(f"{p}: no such file or folder")
         out.extend(sorted(p / f"{n}.py" for n in EXERCISES if (p / f"{n}.py").is_file()) if p.is_dir() else [p])
     return out
 
