@@ -58,12 +58,20 @@ def _review_rows(seed: int) -> dict[str, dict]:
     def sft():
         return review_eval(ref, ref, tok)
 
-    def bon16():
-        out = best_of_n(ref, tok, held_out, 16, RewardModelScorer(rm, tok), max_new_tokens=64,
+    def bon16(reward_fn=None):
+        out = best_of_n(ref, tok, held_out, 16, reward_fn or RewardModelScorer(rm, tok), max_new_tokens=64,
                         generator=torch.Generator().manual_seed(seed))
         n = 16  # KL of best-of-n (Stiennon et al., 2020): log n - (n - 1) / n
         return {"gold_reward": round(sum(reviews.gold_rewards(held_out, out["completions"])) / len(held_out), 4),
                 "kl": round(float(torch.log(torch.tensor(n)) - (n - 1) / n), 4)}
+
+    def bon16_defended(kind):
+        def run():  # the same 16 samples per prompt as best-of-16 (review-rm), picked by a defended reward (notebook 09)
+            from .reward_hacking.defences import EnsembleReward
+            from .reward_hacking.ensemble_build import MEMBERS, WARM
+            scorer = lambda m: RewardModelScorer(ScalarHeadModel.from_pretrained(m).eval(), tok)  # noqa: E731
+            return bon16(EnsembleReward([scorer(m) for m in MEMBERS], "worst") if kind == "worst" else scorer(WARM))
+        return run
 
     def ppo():
         policy = load_model("review-sft")
@@ -77,7 +85,22 @@ def _review_rows(seed: int) -> dict[str, dict]:
             return review_eval(policy.eval(), ref, tok)
         return run
 
-    return {"SFT (review-sft)": sft, "best-of-16 (review-rm)": bon16, "PPO": ppo,
+    def bon16_rubric():  # the checklist rubric of notebook 10, weights fitted to gold on 2,000 SFT reviews
+        from .commands.judges import make_judge
+        return bon16(make_judge("rubric", tok))
+
+    def online_dpo():  # 3 rounds: 64 prompts x 4 samples, review-rm picks best vs worst, DPO (notebook 10)
+        from .judges.online_dpo import OnlineDPOConfig, online_dpo as run_online
+        policy = load_model("review-sft")
+        run_online(policy, ref, tok, prompts, RewardModelScorer(rm, tok),
+                   OnlineDPOConfig(prompts_per_iteration=64, epochs=3.0, seed=seed,
+                                   dpo=DPOConfig(steps=1, lr=3e-4, warmup_steps=0, log_every=1000)))
+        return review_eval(policy.eval(), ref, tok)
+
+    return {"SFT (review-sft)": sft, "best-of-16 (review-rm)": bon16,
+            "best-of-16 (ensemble worst-case)": bon16_defended("worst"), "best-of-16 (WARM)": bon16_defended("warm"),
+            "best-of-16 (checklist rubric)": bon16_rubric, "online DPO (review-rm judge, 3 rounds)": online_dpo,
+            "PPO": ppo,
             "DPO": dpo("dpo"), "IPO": dpo("ipo"), "SimPO": dpo("simpo")}
 
 
@@ -114,10 +137,13 @@ def _arith_rows(seed: int) -> dict[str, dict]:
             prompts = [r["prompt"] for r in rows for _ in range(n)]
             comps, _ = generate(ref, tok, prompts, 64, temperature=1.0,
                                 generator=torch.Generator().manual_seed(seed), batch_size=512)
-            verifier = ScalarHeadModel.from_pretrained(verifier_name).eval()
-            if verifier_name == "arith-orm":
-                scores = prm.orm_scores(verifier, tok, prompts, comps)
+            if verifier_name == "arith-genrm":  # a generative verifier: p("Y") (notebook 10)
+                from .judges.verdict import verdict_scores
+                scores = verdict_scores(load_model(verifier_name).eval(), tok, prompts, comps)
+            elif verifier_name == "arith-orm":
+                scores = prm.orm_scores(ScalarHeadModel.from_pretrained(verifier_name).eval(), tok, prompts, comps)
             else:
+                verifier = ScalarHeadModel.from_pretrained(verifier_name).eval()
                 scores = prm.aggregate_steps(*prm.prm_step_scores(verifier, tok, prompts, comps), "min")
             checks = [arithmetic.check_chain(p, c) for p, c in zip(prompts, comps)]
             answer = torch.tensor([c.answer_correct for c in checks]).view(len(rows), n)
@@ -133,7 +159,8 @@ def _arith_rows(seed: int) -> dict[str, dict]:
             "GRPO, trace reward": variant("grpo"), "Dr. GRPO": variant("dr_grpo"),
             "DAPO": variant("dapo"), "RLOO": variant("rloo"),
             "best-of-16 (arith-orm)": best_of_16("arith-orm"),
-            "best-of-16 (arith-prm-gold, min)": best_of_16("arith-prm-gold")}
+            "best-of-16 (arith-prm-gold, min)": best_of_16("arith-prm-gold"),
+            "best-of-16 (arith-genrm)": best_of_16("arith-genrm")}
 
 
 def _diffusion_rows(seed: int) -> dict[str, dict]:

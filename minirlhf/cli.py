@@ -16,7 +16,8 @@ trainers split batches over ranks (sft, rm, dpo) run with DDP, and only rank 0 w
 This file is the top of the command line and imports downwards only: the runners in
 `commands/` (one module per family: llm.py, verifiers.py, diffusion.py) and `baselines.py`,
 which use `runs.py` (run folders, plots) and `evaluate.py`. `minirlhf grade` and
-`minirlhf exercises` hand over to `exercises/` (stubs a student fills in, graded against the package).
+`minirlhf exercises` hand over to `exercises/` (stubs a student fills in, graded against the package);
+`minirlhf site` to `site.py` (the executed notebooks as static HTML pages).
 """
 
 from __future__ import annotations
@@ -63,12 +64,14 @@ class Tool:
 
 
 def _tools() -> dict[str, Tool]:
-    from . import exercises
+    from . import exercises, site
 
     return {"grade": Tool(exercises.run_grade, "grade a filled-in exercise stub against the package "
                           "(minirlhf grade my_exercises/dpo_loss.py)", exercises.add_grade_args),
             "exercises": Tool(exercises.run_exercises, "list the exercises, or copy their stubs into a folder "
-                              "(minirlhf exercises init my_exercises)", exercises.add_exercises_args)}
+                              "(minirlhf exercises init my_exercises)", exercises.add_exercises_args),
+            "site": Tool(site.run_site, "render the executed notebooks to a static HTML site that opens offline "
+                         "(minirlhf site --out site)", site.add_site_args)}
 
 
 def add_config_args(parser: argparse.ArgumentParser, config_cls: type) -> None:
@@ -94,12 +97,17 @@ def build_config(config_cls: type, args: argparse.Namespace):
     if getattr(args, "preset", None):
         preset = _read_preset(args.preset)
         names = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = set(preset) - names - {"model", "dataset", "name"}
+        # the command's own flags (model, dataset, name, --lora-r, --instruction ...) may be set too;
+        # a flag given on the command line wins (a preset fills only flags left unset, None; switches such as
+        # --trust-remote-code stay command-line only)
+        flags = set(vars(args)) - names - {"preset", "command", "given_fields"}
+        unknown = set(preset) - names - flags
         if unknown:
             raise ConfigError(f"unknown fields {sorted(unknown)} for {config_cls.__name__}", f"--preset {args.preset}")
-        for key in ("model", "dataset", "name"):
-            if key in preset and getattr(args, key, None) is None:
-                setattr(args, key, preset.pop(key))
+        for key in sorted(set(preset) & flags):
+            value = preset.pop(key)
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
         values.update({k: v for k, v in preset.items() if k in names})
     for f in dataclasses.fields(config_cls):
         v = getattr(args, f.name, None)
@@ -176,9 +184,11 @@ def init_distributed(cmd_name: str, cmd: Command) -> int:
 def _register_builtin() -> None:
     from . import baselines, commands
     from .dpo import DPOConfig
+    from .commands import judges as judge_commands
     from .grpo import GRPOConfig
     from .ppo import PPOConfig
     from .reward_model import RewardConfig
+    from .rft import RFTConfig
     from .sft import SFTConfig
 
     builtin = {
@@ -192,14 +202,22 @@ def _register_builtin() -> None:
                        distributed=True),
         "grpo": Command(GRPOConfig, commands.run_grpo, "GRPO and its variants (--variant) on verifiable rewards",
                         commands.grpo_args, distributed=True),
+        "rft": Command(RFTConfig, commands.run_rft, "rejection-sampling fine-tuning (sample, keep the correct, SFT) "
+                       "on verifiable rewards", commands.rft_args),
         "prm": Command(commands.VerifierRunConfig, commands.run_prm,
                        "a process (or outcome) reward model on arithmetic, judged by best-of-N", commands.prm_args),
         "diffusion": Command(commands.DiffusionRunConfig, commands.run_diffusion,
                              "RL for a diffusion/flow model (--method ddpo, draft, diffusion_dpo, flow_grpo)",
                              commands.diffusion_args),
+        "judge": Command(judge_commands.JudgeRunConfig, judge_commands.run_judge,
+                         "evaluate (or --train-steps: train) a generative judge: gold agreement, position and "
+                         "length bias (pairwise), best-of-N (genrm)", judge_commands.judge_args),
         "rm-bench": Command(commands.RMBenchConfig, commands.run_rm_bench,
                             "a reward model on categorised pairs with a known gold ordering (RewardBench layout)",
                             commands.rm_bench_args),
+        "eval": Command(commands.EvalConfig, commands.run_eval,
+                        "any model on a dataset: greedy accuracy and pass@k with intervals, or reward-model "
+                        "accuracy and win rate (--out file.json)", commands.eval_args),
         "baselines": Command(baselines.BaselinesConfig, baselines.run_baselines,
                              "every method on the built-in world, one table"),
     }
@@ -246,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--trust-remote-code", action="store_true",
                        help="allow a hub model's own Python code (off by default: it runs arbitrary code)")
         p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+        p.add_argument("--quiet", action="store_true",
+                       help="no progress bar and no samples while training (for scripts and CI)")
+        p.add_argument("--report-to", default=None, metavar="TRACKERS",
+                       help="also log the metrics to tensorboard (runs/<name>/tensorboard/) and/or wandb "
+                            "(offline), comma-separated, with TRL's metric names (default: none)")
         if cmd.add_args:
             cmd.add_args(p)
         add_config_args(p, cmd.config_cls)
@@ -302,9 +325,15 @@ def _main(argv: list[str]) -> int:
     cfg = build_config(cmd.config_cls, args)
     if hasattr(cfg, "validate"):
         cfg.validate()  # before any data or model is loaded
+    from .tracking import parse_report_to
+
+    parse_report_to(args.report_to)  # an unknown tracker or a missing package: one line, before anything loads
     args.threads = set_determinism(args.threads)
     rank = init_distributed(args.command, cmd)
-    summary = cmd.run(args, cfg)
+    from .progress import quiet_libraries
+
+    with quiet_libraries(args.quiet):
+        summary = cmd.run(args, cfg)
     if rank == 0:
         print(json.dumps(summary, indent=2))
     if torch.distributed.is_available() and torch.distributed.is_initialized():

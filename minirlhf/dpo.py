@@ -44,14 +44,17 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, reduce
 from torch import Tensor
 
+from . import accumulate
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .data import encode_preference_batch  # (2B, T): the B chosen rows, then the B rejected rows
 from .errors import ConfigError, check_checkpointing, check_config
 from .lm import token_logprobs
+from .progress import ProgressBar
 from .rl import masked_sum
-from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
+from .utils import MetricsLogger, dist_info, set_seed, wrap_ddp
 
 LOSS_TYPES = ("dpo", "cdpo", "ipo", "hinge", "simpo", "orpo", "kto")
 REFERENCE_FREE = ("simpo", "orpo")
@@ -88,6 +91,9 @@ class DPOConfig:
     """Gradient clipping by global norm."""
     max_length: int = 256
     """Longest prompt + response in tokens; a longer row is an error, never truncated silently."""
+    micro_batch_size: int = 0
+    """Pairs per forward/backward pass (0: the whole batch); gradients accumulate to the full batch's
+    exactly (accumulate.py). KTO's reference point z0 is then each micro-batch's mean."""
     precompute_ref: bool = True
     """Compute reference log-probs for the whole dataset once, then free the reference model."""
     ref_batch_size: int = 128
@@ -110,7 +116,7 @@ class DPOConfig:
         check_config(self, at_least_1=("batch_size", "steps", "max_length", "ref_batch_size", "log_every"),
                      positive=("lr",), choices={"loss_type": LOSS_TYPES},
                      non_negative=("beta", "simpo_gamma", "kto_desirable_weight", "kto_undesirable_weight",
-                                   "rpo_alpha", "warmup_steps", "max_grad_norm", "eval_every"))
+                                   "rpo_alpha", "warmup_steps", "max_grad_norm", "eval_every", "micro_batch_size"))
         check_config(self, fractions=("label_smoothing",))
         if self.beta == 0 and self.loss_type != "orpo":
             raise ConfigError(f"--beta must be > 0 for --loss-type {self.loss_type}, got 0")
@@ -208,7 +214,7 @@ def margin_losses(h: Tensor, beta: float = 0.1, eps: float = 0.1, simpo_beta: fl
         "cdpo": cdpo_loss(h, beta, eps),
         "ipo": ipo_loss(h, beta),
         "hinge": hinge_loss(h, beta),
-        "kto": kto_loss(h / 2, -h / 2, torch.zeros(()), beta).view(2, -1).sum(0),  # (2K,) -> (K,)
+        "kto": reduce(kto_loss(h / 2, -h / 2, torch.zeros(()), beta), "(pair k) -> k", "sum", pair=2),  # (2K,) -> (K,)
         "simpo": simpo_loss(h, zero, simpo_beta, simpo_gamma),
         # mean log-probs whose log odds are h and 0: log_odds(logsigmoid(x)) = x
         "orpo": orpo_odds_ratio_loss(F.logsigmoid(h), F.logsigmoid(zero), orpo_lambda),
@@ -231,6 +237,16 @@ def margin_gradient_weights(h: Tensor, **kwargs) -> dict[str, Tensor]:
     return out
 
 
+def implicit_rewards(cfg: DPOConfig, logps: dict[str, Tensor], ref: dict[str, Tensor] | None
+                     ) -> tuple[Tensor, Tensor]:
+    """The implicit rewards of chosen and rejected, (B,) each: beta log pi/pi_ref (DPO Eq. 5, the
+    partition function aside), or beta * mean token log-prob for the reference-free losses."""
+    if cfg.loss_type in REFERENCE_FREE:
+        return (cfg.beta * logps["chosen"] / logps["chosen_len"].clamp(min=1),
+                cfg.beta * logps["rejected"] / logps["rejected_len"].clamp(min=1))
+    return cfg.beta * (logps["chosen"] - ref["chosen"]), cfg.beta * (logps["rejected"] - ref["rejected"])
+
+
 def preference_loss(cfg: DPOConfig, logps: dict[str, Tensor], ref: dict[str, Tensor] | None
                     ) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss of `cfg.loss_type` (mean over the batch) and the metrics every variant logs.
@@ -243,11 +259,8 @@ def preference_loss(cfg: DPOConfig, logps: dict[str, Tensor], ref: dict[str, Ten
     lt = cfg.loss_type
     avg_c = logps["chosen"] / logps["chosen_len"].clamp(min=1)  # (B,)
     avg_r = logps["rejected"] / logps["rejected_len"].clamp(min=1)  # (B,)
-    if lt in REFERENCE_FREE:
-        reward_c, reward_r = cfg.beta * avg_c, cfg.beta * avg_r
-    else:
-        reward_c = cfg.beta * (logps["chosen"] - ref["chosen"])
-        reward_r = cfg.beta * (logps["rejected"] - ref["rejected"])
+    reward_c, reward_r = implicit_rewards(cfg, logps, ref)  # (B,), (B,)
+    if lt not in REFERENCE_FREE:
         h = logratio_margin(logps["chosen"], logps["rejected"], ref["chosen"], ref["rejected"])  # (B,)
     if lt == "dpo":
         losses = dpo_loss(h, cfg.beta)
@@ -304,22 +317,24 @@ def preference_logps(model, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     mask = batch["completion_mask"]
     seq = masked_sum(logps, mask, dim=-1)  # (2B,)
     lengths = mask.sum(-1).to(seq.dtype)  # (2B,) response tokens, EOS included
-    B = seq.shape[0] // 2
-    return {"chosen": seq[:B], "rejected": seq[B:], "chosen_len": lengths[:B], "rejected_len": lengths[B:]}
+    chosen, rejected = rearrange(seq, "(pair b) -> pair b", pair=2)  # (B,) each: chosen rows come first
+    chosen_len, rejected_len = rearrange(lengths, "(pair b) -> pair b", pair=2)
+    return {"chosen": chosen, "rejected": rejected, "chosen_len": chosen_len, "rejected_len": rejected_len}
 
 
 @torch.no_grad()
 def precompute_reference_logps(ref_model, tokenizer, rows: list[dict], batch_size: int = 128,
-                               max_length: int | None = None) -> list[dict]:
+                               max_length: int | None = None, progress: bool = False) -> list[dict]:
     """Copies of the rows with "ref_chosen_logps" and "ref_rejected_logps" (floats) added.
 
-    One pass over the dataset, so the reference model can be deleted before training.
+    One pass over the dataset, so the reference model can be deleted before training
+    (`progress=True`: a progress bar over the batches).
     """
     was_training = ref_model.training
     ref_model.eval()
     device = next(ref_model.parameters()).device
     out = []
-    for i in range(0, len(rows), batch_size):
+    for i in ProgressBar(range(0, len(rows), batch_size), "dpo reference log-probs", enabled=progress):
         chunk = rows[i:i + batch_size]
         batch = {k: v.to(device) for k, v in encode_preference_batch(tokenizer, chunk, max_length).items()}
         lp = preference_logps(ref_model, batch)
@@ -336,12 +351,14 @@ def precompute_reference_logps(ref_model, tokenizer, rows: list[dict], batch_siz
 
 def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(), ref_model=None,
               eval_fn: Callable[[object], dict] | None = None,
-              logger: MetricsLogger | None = None) -> MetricsLogger:
+              logger: MetricsLogger | None = None, progress: bool = False) -> MetricsLogger:
     """Train `policy` in place on prompt/chosen/rejected rows; returns the log.
 
     The reference is `ref_model`, or a frozen copy of `policy` as it is now when None. Rows that
     already carry "ref_chosen_logps"/"ref_rejected_logps" (from `precompute_reference_logps`)
     need no reference model at all. `eval_fn(policy) -> dict` runs every `cfg.eval_every` steps.
+    `progress=True` shows progress bars (the reference pass, then training: loss, margin, accuracy)
+    and, every `cfg.eval_every` steps and at the end, the implicit rewards of a few pairs.
 
     Under `torchrun` each rank takes its share of every batch of pairs and DDP averages the
     gradients; each rank's mean loss is weighted by its share, so N processes make the update
@@ -364,7 +381,8 @@ def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(),
         ref_model = ref_model if ref_model is not None else copy.deepcopy(policy)
         ref_model.eval().requires_grad_(False)
         if cfg.precompute_ref:
-            rows = precompute_reference_logps(ref_model, tokenizer, rows, cfg.ref_batch_size, cfg.max_length)
+            rows = precompute_reference_logps(ref_model, tokenizer, rows, cfg.ref_batch_size, cfg.max_length,
+                                              progress=progress)
             ref_model = None  # freed: nothing below needs it
             has_ref_fields = True
 
@@ -376,7 +394,9 @@ def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(),
         order, cursor = extra["order"], extra["cursor"]
         g.set_state(extra["generator"])
     ddp_policy = wrap_ddp(policy)
-    for step in range(start, cfg.steps):
+    bar = ProgressBar(range(start, cfg.steps), cfg.loss_type, {"loss": "loss", "rewards/margins": "margin",
+                      "rewards/accuracies": "acc", "logps/chosen": "logp_chosen"}, logger, enabled=progress)
+    for step in bar:
         # 2. a batch of pairs (reshuffled at every epoch), this rank's share of it,
         #    chosen stacked above rejected: (2B, T)
         if cursor + cfg.batch_size > len(rows):
@@ -384,32 +404,38 @@ def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(),
         full = [rows[i] for i in order[cursor: cursor + cfg.batch_size].tolist()]
         cursor += cfg.batch_size
         chunk = full[rank::world]  # all of it on one process
-        batch = {k: v.to(device) for k, v in encode_preference_batch(tokenizer, chunk, cfg.max_length).items()}
+        seen = []  # each micro-batch's (log-probs, reference log-probs), detached, for the progress bar
 
-        # 3. policy log-probs, one forward pass over chosen and rejected together
-        logps = preference_logps(ddp_policy, batch)  # each (B,)
+        def micro_loss(mb: slice):
+            part = chunk[mb]  # the whole chunk unless cfg.micro_batch_size splits it
+            batch = {k: v.to(device) for k, v in encode_preference_batch(tokenizer, part, cfg.max_length).items()}
+            # 3. policy log-probs, one forward pass over chosen and rejected together
+            logps = preference_logps(ddp_policy, batch)  # each (B,)
+            # 4. reference log-probs: read from the rows, or one no-grad pass
+            ref = None
+            if needs_ref and has_ref_fields:
+                ref = {"chosen": torch.tensor([r["ref_chosen_logps"] for r in part], device=device),
+                       "rejected": torch.tensor([r["ref_rejected_logps"] for r in part], device=device)}
+            elif needs_ref:
+                with torch.no_grad():
+                    ref = preference_logps(ref_model, batch)
+            # 5. the loss of the chosen variant (+ the RPO term)
+            loss, metrics = preference_loss(cfg, logps, ref)
+            if world > 1:  # DDP averages over ranks: weight each rank's mean by its share of the batch
+                loss = loss * len(chunk) * world / len(full)
+            seen.append(({k: v.detach() for k, v in logps.items()}, ref))
+            return loss, metrics
 
-        # 4. reference log-probs: read from the rows, or one no-grad pass
-        ref = None
-        if needs_ref and has_ref_fields:
-            ref = {"chosen": torch.tensor([r["ref_chosen_logps"] for r in chunk], device=device),
-                   "rejected": torch.tensor([r["ref_rejected_logps"] for r in chunk], device=device)}
-        elif needs_ref:
-            with torch.no_grad():
-                ref = preference_logps(ref_model, batch)
-
-        # 5. the loss of the chosen variant (+ the RPO term), checked before the update
-        loss, metrics = preference_loss(cfg, logps, ref)
-        if world > 1:  # DDP averages over ranks: weight each rank's mean by its share of the batch
-            loss = loss * len(chunk) * world / len(full)
-        check_finite(f"{cfg.loss_type} loss", loss)
-
-        # 6. the update
+        # 6. the update: each micro-batch's mean loss weighted by its share of the pairs, so the
+        #    accumulated gradient is the whole chunk's (accumulate.py); checked finite before backward
         lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, metrics = accumulate.backward(micro_loss, torch.ones(len(chunk), 1), cfg.micro_batch_size,
+                                            per_token=False, name=f"{cfg.loss_type} loss")
+        logps = {k: torch.cat([lp[k] for lp, _ in seen]) for k in seen[0][0]}
+        ref = None if seen[0][1] is None else {k: torch.cat([r[k] for _, r in seen]) for k in seen[0][1]}
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         opt.step()
         if rank == 0 and checkpoint_due(cfg, step + 1):
@@ -418,12 +444,19 @@ def train_dpo(policy, tokenizer, rows: list[dict], cfg: DPOConfig = DPOConfig(),
 
         # 7. logging and evaluation
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            logger.log({"step": step, "loss": loss.item(), **{k: v.item() for k, v in metrics.items()},
+            logger.log({"step": step, "loss": loss.item(), **{k: float(v) for k, v in metrics.items()},
                         "grad_norm": grad_norm.item(), "lr": lr, "time": time.time() - t0})
         last = step == cfg.steps - 1
+        if bar.enabled and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+            reward_c, reward_r = implicit_rewards(cfg, logps, ref)  # what the policy now prefers
+            bar.samples({"prompt": [r["prompt"] for r in chunk], "chosen": [r["chosen"] for r in chunk],
+                         "rejected": [r["rejected"] for r in chunk], "r(chosen)": reward_c.tolist(),
+                         "r(rejected)": reward_r.tolist()}, title=f"{cfg.loss_type} step {step}")
         if eval_fn is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
             policy.eval()
-            logger.log({"step": step, **eval_fn(policy), "time": time.time() - t0})
+            metrics = eval_fn(policy)
+            bar.show(metrics)
+            logger.log({"step": step, **metrics, "time": time.time() - t0})
             policy.train()
     policy.eval()
     return logger

@@ -15,6 +15,7 @@ sequence's log-prob is simply `(logps * completion_mask).sum(-1)`.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -124,7 +125,9 @@ def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature
     """
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask))
-    logits = out.logits[:, :-1] / temperature  # (B, T-1, V): position t predicts token t+1
+    logits = out.logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
+    if temperature != 1.0:  # x / 1 == x: no (B, T-1, V) copy to make and differentiate
+        logits = logits / temperature
     # a token has a log-prob only if it and the token before it are real (not padding)
     valid = (attention_mask[:, :-1] * attention_mask[:, 1:]).bool()  # (B, T-1)
     logps = logprobs_from_logits(logits, input_ids[:, 1:]).masked_fill(~valid, 0.0)  # (B, T-1)
@@ -160,6 +163,31 @@ class Rollout:
         return self.input_ids[:, self.prompt_length:]
 
 
+def _forward_parameters(model) -> set[str]:
+    """The keyword arguments the causal LM's own forward takes (through a PEFT wrapper, which has
+    `get_base_model`, and through `functools.wraps` wrappers such as an autocast one)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(base.forward).parameters)
+
+
+def new_kv_cache(model) -> dict:
+    """The keyword argument that hands a fresh KV cache to `model(...)`, whatever the transformers version.
+
+    transformers 5.24 renamed `past_key_values` to `cache` (the old name warns and goes in 5.40):
+    with `cache`, one `DynamicCache` is created here and grown in place by every call. Older
+    versions take `past_key_values`, start from None and return the grown cache (the caller
+    passes it back). Either way the numbers are the same (a test pins sampled tokens).
+    """
+    if "cache" in _forward_parameters(model):
+        from transformers import DynamicCache
+
+        try:
+            return {"cache": DynamicCache(config=model.config)}
+        except TypeError:  # a DynamicCache without a config argument
+            return {"cache": DynamicCache()}
+    return {"past_key_values": None}
+
+
 @torch.no_grad()
 def sample(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int,
            eos_token_id: int, pad_token_id: int, temperature: float = 1.0, top_k: int | None = None,
@@ -171,15 +199,20 @@ def sample(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int,
     """
     B, P = prompt_ids.shape
     device = prompt_ids.device
+    if generator is not None and generator.device != device:
+        # a CPU generator cannot drive CUDA sampling: seed one on the device from it (same seed -> same run)
+        generator = torch.Generator(device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
     ids, attn = prompt_ids, prompt_mask.long()
     done = torch.zeros(B, dtype=torch.bool, device=device)
     new_tokens, new_mask = [], []
-    past = None
+    cache_kwargs = new_kv_cache(model)  # one cache object, filled in place by every forward pass
+    if "logits_to_keep" in _forward_parameters(model):  # only the last position's logits: (B, 1, V), not (B, P, V)
+        cache_kwargs["logits_to_keep"] = 1
     step_ids, step_pos = ids, position_ids_from_mask(attn)
     for _ in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
-                    past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos, use_cache=True, **cache_kwargs)
+        if "past_key_values" in cache_kwargs:  # transformers < 5.24 returns the cache it grew
+            cache_kwargs["past_key_values"] = out.past_key_values
         logits = out.logits[:, -1].float()  # (B, V)
         if temperature == 0:
             token = logits.argmax(-1)

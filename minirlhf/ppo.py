@@ -51,6 +51,7 @@ from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .errors import ConfigError, check_checkpointing, check_config
 from .lm import Rollout, decode_completions, encode_prompts, last_token_index, sample, token_logprobs
 from .models import ScalarHeadModel, check_same_vocab
+from .progress import ProgressBar
 from .rl import (aggregate_loss, clip_fractions, clipped_surrogate, clipped_value_loss, explained_variance,
                  gae, kl_k1, masked_mean, masked_var, masked_whiten)
 from .utils import MetricsLogger, check_finite, set_seed
@@ -281,7 +282,7 @@ def make_experience(policy, ref_model, value_model, reward, tokenizer, prompts: 
                       "advantages/std": masked_var(advantages, mask).sqrt(),
                       "val/mean": masked_mean(old_values, mask),
                       "val/explained_var": explained_variance(old_values, returns, mask)},
-            "completions": decode_completions(tokenizer, ro)}
+            "completions": decode_completions(tokenizer, ro), "scores": raw_scores.tolist()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +388,7 @@ def evaluate_policy(policy, ref_model, tokenizer, prompts: list[str], cfg: PPOCo
 def train_ppo(policy, tokenizer, prompts: list[str], reward_fn_or_rm: RewardFn | ScalarHeadModel,
               cfg: PPOConfig = PPOConfig(), ref_model=None, value_model: ScalarHeadModel | None = None,
               gold_fn: RewardFn | None = None, eval_prompts: list[str] | None = None,
-              logger: MetricsLogger | None = None) -> tuple[MetricsLogger, nn.Module]:
+              logger: MetricsLogger | None = None, progress: bool = False) -> tuple[MetricsLogger, nn.Module]:
     """Train `policy` (in place) with PPO against a reward; returns (log, policy).
 
     reward_fn_or_rm: a `reward_fn(prompts, completions) -> list[float]` or a `ScalarHeadModel`.
@@ -395,6 +396,8 @@ def train_ppo(policy, tokenizer, prompts: list[str], reward_fn_or_rm: RewardFn |
     eval mode and requires_grad=False in place, so pass a separate copy from the policy.
     value_model: default per `cfg.value_init` [D8]. gold_fn: logged as `objective/gold` on the
     training rollouts and `eval/gold` on `eval_prompts`. Every row of the log has `step`.
+    progress: show a progress bar (score, gold, KL, entropy) and, every `cfg.eval_every` steps and
+    at the end, a few of the batch's completions with their score and gold reward.
     """
     cfg.validate()  # a bad value stops here, before any work
     for i, p in enumerate(prompts):
@@ -451,7 +454,10 @@ def train_ppo(policy, tokenizer, prompts: list[str], reward_fn_or_rm: RewardFn |
     elif eval_prompts:
         logger.log({"step": -1, **evaluate_policy(policy, ref_model, tokenizer, eval_prompts, cfg,
                                                    reward_fn_or_rm, gold_fn), "time": 0.0})
-    for step in range(start, cfg.steps):
+    bar = ProgressBar(range(start, cfg.steps), "ppo", {"objective/scores": "score", "objective/gold": "gold",
+                                                       "objective/kl": "kl", "policy/entropy": "entropy",
+                                                       "eval/gold": "eval_gold"}, logger, enabled=progress)
+    for step in bar:
         # 1. a batch of training prompts (reshuffled at each pass over them)
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(prompts), generator=g), 0
@@ -461,8 +467,8 @@ def train_ppo(policy, tokenizer, prompts: list[str], reward_fn_or_rm: RewardFn |
         exp = make_experience(policy, ref_model, value_model, reward_fn_or_rm, tokenizer, batch_prompts, cfg,
                               kl_ctl.value, score_norm, g)
         row = {"step": step, **{k: float(v) for k, v in exp["stats"].items()}}
-        if gold_fn is not None:
-            gold = gold_fn(batch_prompts, exp["completions"])
+        gold = gold_fn(batch_prompts, exp["completions"]) if gold_fn is not None else None
+        if gold is not None:
             row["objective/gold"] = sum(gold) / len(gold)
         # 7. PPO epochs over minibatches
         mb_stats = ppo_update(policy, value_model, optimizer, exp, cfg, g)
@@ -473,6 +479,9 @@ def train_ppo(policy, tokenizer, prompts: list[str], reward_fn_or_rm: RewardFn |
         kl_ctl.update(row["objective/kl"], cfg.batch_size)
         row["time"] = time.time() - t0
         logger.log(row)
+        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step == cfg.steps - 1:
+            bar.samples({"prompt": batch_prompts, "completion": exp["completions"], "score": exp["scores"],
+                         **({"gold": gold} if gold is not None else {})}, title=f"ppo step {step}")
         if eval_prompts and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1):
             logger.log({"step": step, **evaluate_policy(policy, ref_model, tokenizer, eval_prompts, cfg,
                                                         reward_fn_or_rm, gold_fn), "time": time.time() - t0})

@@ -39,11 +39,13 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from .errors import check_config
 from .lm import decode_completions, encode_pairs, encode_prompts, last_token_index, sample, token_logprobs
 from .models import ScalarHeadModel
+from .progress import ProgressBar
 from .rl import masked_mean
 from .utils import MetricsLogger, check_finite, set_seed
 from .worlds.arithmetic import check_chain
@@ -379,7 +381,7 @@ def best_of_n_curve(scores: Tensor, correct: Tensor, ns: list[int], n_perms: int
     for n in ns:
         hits = []
         for _ in range(n_perms):
-            perm = torch.randperm(M, generator=g)[: (M // n) * n].view(-1, n)  # (M // n, n)
+            perm = rearrange(torch.randperm(M, generator=g)[: (M // n) * n], "(m n) -> m n", n=n)  # (M // n, n)
             for chunk in perm:
                 hits.append(pick(scores[:, chunk], correct[:, chunk]).float().mean())
         out.append(torch.stack(hits).mean().item())
@@ -398,7 +400,7 @@ def best_of_n_per_prompt(scores: Tensor, correct: Tensor, ns: list[int], n_perms
     for n in ns:
         hits = []
         for _ in range(n_perms):
-            perm = torch.randperm(M, generator=g)[: (M // n) * n].view(-1, n)  # (M // n, n)
+            perm = rearrange(torch.randperm(M, generator=g)[: (M // n) * n], "(m n) -> m n", n=n)  # (M // n, n)
             for chunk in perm:
                 hits.append(pick(scores[:, chunk], correct[:, chunk]).float())  # (P,)
         cols.append(torch.stack(hits, 1).mean(1))  # (P,)
@@ -455,12 +457,14 @@ class VerifierConfig:
 
 
 def train_verifier(model, tokenizer, rows: list[dict], kind: str, cfg: VerifierConfig = VerifierConfig(),
-                   ref=None, eval_fn: Callable | None = None, logger: MetricsLogger | None = None) -> MetricsLogger:
+                   ref=None, eval_fn: Callable | None = None, logger: MetricsLogger | None = None,
+                   progress: bool = False) -> MetricsLogger:
     """Train in place. kind "prm": PRM rows; "orm": rows {"prompt", "completion", "label"} read at
     the last token; "implicit": the same rows, `model` a causal LM and `ref` its frozen copy.
     `eval_fn(model) -> float` (higher is better, e.g. held-out AUC) is logged as "val" every
     `cfg.eval_every` steps and at the end; the best weights seen are restored (early stopping).
-    Rows go to `logger` (a new MetricsLogger when None), which is returned."""
+    Rows go to `logger` (a new MetricsLogger when None), which is returned; `progress=True` shows a
+    progress bar with the loss and the held-out score."""
     cfg.validate()  # a bad value stops here, before any work
     if kind not in ("prm", "orm", "implicit"):
         raise ValueError(f"unknown verifier kind {kind!r}")
@@ -470,7 +474,8 @@ def train_verifier(model, tokenizer, rows: list[dict], kind: str, cfg: VerifierC
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
     model.train()
     order, cursor, best = torch.randperm(len(rows), generator=g), 0, None
-    for step in range(cfg.steps):
+    for step in ProgressBar(range(cfg.steps), f"{kind} verifier", {"loss": "loss", "val": "val"}, log,
+                            enabled=progress):
         # 1. a batch of labelled solutions
         if cursor + cfg.batch_size > len(rows):
             order, cursor = torch.randperm(len(rows), generator=g), 0

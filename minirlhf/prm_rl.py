@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from .errors import check_config
 from .lm import decode_completions, encode_prompts, sample, token_logprobs
 from .prm import SEPARATOR, scatter_steps, step_boundary_mask
+from .progress import ProgressBar
 from .rl import aggregate_loss, clipped_surrogate, discounted_returns, kl_k3, masked_mean, rloo_advantages
 from .utils import MetricsLogger, check_finite, set_seed
 
@@ -56,15 +58,15 @@ def dense_advantages(outcome: Tensor, step_rewards: Tensor, step_mask: Tensor, c
     """
     P, G = outcome.shape
     comp = completion_mask.float()
-    adv = rloo_advantages(outcome).reshape(P * G, 1) * comp  # (B, T)
+    adv = rearrange(rloo_advantages(outcome), "p g -> (p g) 1") * comp  # (B, T)
     if process_coef == 0:
         return adv
-    sm = step_mask.float().reshape(P, G, -1)
-    r = step_rewards.reshape(P, G, -1)
+    sm = rearrange(step_mask.float(), "(p g) t -> p g t", p=P)  # (P, G, T): a group's steps together
+    r = rearrange(step_rewards, "(p g) t -> p g t", p=P)
     n = sm.sum((1, 2), keepdim=True).clamp(min=1)
     mean = (r * sm).sum((1, 2), keepdim=True) / n
     std = (((r - mean) ** 2 * sm).sum((1, 2), keepdim=True) / n).sqrt()
-    r_norm = ((r - mean) / (std + eps) * sm).reshape_as(step_rewards)  # (B, T)
+    r_norm = rearrange((r - mean) / (std + eps) * sm, "p g t -> (p g) t")  # (B, T)
     return adv + process_coef * process_returns(r_norm, step_mask, completion_mask, form)
 
 
@@ -106,14 +108,18 @@ class DenseRLConfig:
 
 def train_dense_rl(policy, ref, tokenizer, prompts: list[str], outcome_fn: Callable,
                    step_reward_fn: Callable | None, cfg: DenseRLConfig = DenseRLConfig(),
-                   eval_fn: Callable | None = None, eval_every: int = 10) -> MetricsLogger:
+                   eval_fn: Callable | None = None, eval_every: int = 10, progress: bool = False) -> MetricsLogger:
     """RL on `prompts`. outcome_fn(prompts, completions) -> [float]; step_reward_fn(prompts,
-    completions) -> [[float per step of split_into_steps(completion)]] (needed if process_coef > 0)."""
+    completions) -> [[float per step of split_into_steps(completion)]] (needed if process_coef > 0).
+    progress: a progress bar (outcome reward, KL) and, every `eval_every` iterations and at the end,
+    one group's completions with their outcome reward."""
     cfg.validate()  # a bad value stops here, before any work
     g, log = set_seed(cfg.seed), MetricsLogger()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
     sep = tokenizer.convert_tokens_to_ids(SEPARATOR)
-    for it in range(cfg.iterations):
+    bar = ProgressBar(range(cfg.iterations), "dense rl", {"reward/outcome": "reward", "reward/step_mean": "step_reward",
+                      "objective/kl": "kl", "completion_length": "length"}, log, enabled=progress)
+    for it in bar:
         # 1. sample G completions for each of a batch of prompts
         idx = torch.randint(len(prompts), (cfg.prompts_per_iter,), generator=g).tolist()
         batch_prompts = [prompts[i] for i in idx for _ in range(cfg.group_size)]
@@ -132,7 +138,7 @@ def train_dense_rl(policy, ref, tokenizer, prompts: list[str], outcome_fn: Calla
             step_rewards = scatter_steps(step_reward_fn(batch_prompts, texts), step_mask)
             check_finite("step rewards", step_rewards)
         # 3. per-token advantages
-        adv = dense_advantages(outcome.view(cfg.prompts_per_iter, cfg.group_size), step_rewards, step_mask,
+        adv = dense_advantages(rearrange(outcome, "(p g) -> p g", g=cfg.group_size), step_rewards, step_mask,
                                roll.completion_mask, cfg.form, cfg.process_coef)  # (B, T)
         with torch.no_grad():
             old_logp = token_logprobs(policy, roll.input_ids, roll.attention_mask, cfg.temperature)
@@ -154,9 +160,16 @@ def train_dense_rl(policy, ref, tokenizer, prompts: list[str], outcome_fn: Calla
                "completion_length": comp.sum(-1).mean().item()}
         if cfg.process_coef:
             row["reward/step_mean"] = masked_mean(step_rewards, step_mask.float()).item()
-        if eval_fn is not None and ((it + 1) % eval_every == 0 or it == cfg.iterations - 1):
+        evaluating = (eval_every and (it + 1) % eval_every == 0) or it == cfg.iterations - 1
+        if eval_fn is not None and evaluating:
             policy.eval()
-            row.update(eval_fn(policy))
+            metrics = eval_fn(policy)
+            bar.show(metrics)
+            row.update(metrics)
         log.log(row)
+        if evaluating:
+            G = cfg.group_size
+            bar.samples({"prompt": batch_prompts[:G], "completion": texts[:G], "reward": outcome[:G].tolist()},
+                        title=f"dense rl iteration {it}")
     policy.eval()
     return log

@@ -35,6 +35,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
@@ -42,6 +43,7 @@ from .data import encode_preference_batch
 from .errors import check_checkpointing, check_config
 from .lm import encode_pairs, generate, last_token_index
 from .models import MODELS_DIR, ScalarHeadModel, count_parameters, load_tokenizer
+from .progress import MAX_ROWS, ProgressBar
 from .sft import SFTConfig, lr_at
 from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
 
@@ -233,7 +235,7 @@ def reward_model_step(rm: ScalarHeadModel, tokenizer, rows: list[dict], cfg: Rew
     batch = encode_preference_batch(tokenizer, rows, max_length=cfg.max_length)  # 2B rows
     batch = {k: v.to(device) for k, v in batch.items()}
     rewards = score_batch(rm, batch)  # (2B,)
-    r_c, r_r = rewards.chunk(2)  # (B,), (B,): chosen rows come first
+    r_c, r_r = rearrange(rewards, "(pair b) -> pair b", pair=2)  # (B,), (B,): chosen rows come first
     margin = None
     if cfg.margin_field is not None:
         margin = torch.tensor([float(r[cfg.margin_field]) for r in rows], device=device)  # (B,)
@@ -252,6 +254,8 @@ def train_reward_model(rm: ScalarHeadModel, tokenizer, rows: list[dict], cfg: Re
 
     Logged: loss, loss/bt, accuracy, rewards/chosen, rewards/rejected, rewards/margins (the
     names TRL uses), grad_norm, lr; every `eval_every` steps, eval/accuracy on `eval_rows`.
+    `progress=True` shows a progress bar and, at each evaluation and at the end, the rewards of a
+    few training pairs.
 
     Under `torchrun` each rank takes its share of every batch of pairs and DDP averages the
     gradients; each rank's mean loss is weighted by its share, so N processes make the update
@@ -272,11 +276,10 @@ def train_reward_model(rm: ScalarHeadModel, tokenizer, rows: list[dict], cfg: Re
         order, cursor = extra["order"], extra["cursor"]
         g.set_state(extra["generator"])
     ddp_rm = wrap_ddp(rm)
-    steps = range(start, cfg.steps)
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-        steps = tqdm(steps, desc="reward model")
-    for step in steps:
+    bar = ProgressBar(range(start, cfg.steps), "reward model",
+                      {"loss": "loss", "accuracy": "acc", "rewards/margins": "margin", "eval/accuracy": "eval_acc"},
+                      logger, enabled=progress)
+    for step in bar:
         # 1. a batch of preference pairs (reshuffled at every epoch); this rank's share of it
         if cursor + cfg.batch_size > len(rows):
             order, cursor = torch.randperm(len(rows), generator=g), 0
@@ -306,6 +309,15 @@ def train_reward_model(rm: ScalarHeadModel, tokenizer, rows: list[dict], cfg: Re
             ev = evaluate_reward_model(rm, tokenizer, eval_rows, max_length=cfg.max_length)
             logger.log({"step": step, "eval/accuracy": ev["accuracy"], "time": time.time() - t0})
             rm.train()
+        if bar.enabled and ((eval_every and (step + 1) % eval_every == 0) or step == cfg.steps - 1):
+            shown = local_rows[:MAX_ROWS]  # how the model scores a few of the pairs it trains on
+            score = RewardModelScorer(rm, tokenizer, max_length=cfg.max_length)
+            prompts = [r["prompt"] for r in shown]
+            bar.samples({"prompt": prompts, "chosen": [r["chosen"] for r in shown],
+                         "rejected": [r["rejected"] for r in shown],
+                         "r(chosen)": score(prompts, [r["chosen"] for r in shown]),
+                         "r(rejected)": score(prompts, [r["rejected"] for r in shown])},
+                        title=f"reward model step {step}")
     rm.eval()
     return logger
 
@@ -384,7 +396,7 @@ def best_of_n(policy, tokenizer, prompts: list[str], n: int, reward_fn: RewardFn
     completions, _ = generate(policy, tokenizer, repeated, max_new_tokens, temperature,
                               generator=generator, batch_size=batch_size)
     policy.train(was_training)
-    scores = torch.tensor(reward_fn(repeated, completions), dtype=torch.float64).view(len(prompts), n)
+    scores = rearrange(torch.tensor(reward_fn(repeated, completions), dtype=torch.float64), "(p n) -> p n", n=n)
     check_finite("best-of-n rewards", scores)
     best = scores.argmax(1)  # (P,)
     all_c = [completions[i * n:(i + 1) * n] for i in range(len(prompts))]

@@ -2,8 +2,8 @@
 summary.json and the trained model.
 
 Used by the runners in `commands/` and by `baselines.py`; imports nothing from the command line
-above it. The order of a run: `run_dir` -> `metrics_logger` (rows appended while training) ->
-`finish` (plot, save the model, write the summary).
+above it. The order of a run: `run_dir` -> `metrics_logger` (rows appended while training, and sent to
+TensorBoard / W&B with `--report-to`) -> `finish` (plot, save the model, write the summary).
 """
 
 from __future__ import annotations
@@ -49,8 +49,26 @@ def metrics_logger(args, name: str, cfg=None) -> MetricsLogger:
     keeps every row logged before the kill (rank 0 alone writes). A fresh run empties the file;
     `--resume` continues it, and the trainer's `resume_from` drops the rows of the steps done again,
     so the file holds the whole run once. Made right before training, after the models and data
-    load, so a run stopped by bad input leaves the log of an earlier run of that name alone."""
-    return MetricsLogger(run_dir(args.name or name) / "metrics.jsonl", resume=bool(getattr(cfg, "resume", False)))
+    load, so a run stopped by bad input leaves the log of an earlier run of that name alone.
+    With `--report-to tensorboard` (or wandb) each row also goes to runs/<name>/tensorboard/
+    (tracking.py), written by rank 0 alone."""
+    import dataclasses
+
+    from .tracking import attach, parse_report_to
+    from .utils import dist_info
+
+    resume = bool(getattr(cfg, "resume", False))
+    out = run_dir(args.name or name)
+    log = MetricsLogger(out / "metrics.jsonl", resume=resume)
+    if dist_info()[0] == 0:
+        config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
+        attach(log, parse_report_to(getattr(args, "report_to", None)), out, args.name or name, config, resume)
+    return log
+
+
+def show_progress(args) -> bool:
+    """Whether the trainer shows its progress bar and samples: yes, unless `--quiet`."""
+    return not getattr(args, "quiet", False)
 
 
 def finish(args, name: str, log: MetricsLogger, summary: dict, model=None, tok=None, plot_keys=(),
@@ -59,6 +77,7 @@ def finish(args, name: str, log: MetricsLogger, summary: dict, model=None, tok=N
     file holds the rows from before the kill too), saves the model and tokenizer and summary.json."""
     from .utils import dist_info  # looked up at call time (tests fake a rank by patching utils)
 
+    log.close()  # flush TensorBoard / W&B (--report-to)
     if dist_info()[0] != 0:  # under torchrun only rank 0 writes
         return summary
     out = run_dir(args.name or name)

@@ -21,10 +21,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from einops import rearrange
 
+from . import accumulate
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .errors import check_checkpointing, check_config
 from .lm import encode_pairs, token_logprobs
+from .progress import MAX_ROWS, ProgressBar, greedy_completions
 from .rl import masked_mean
 from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
 
@@ -53,6 +56,8 @@ class SFTConfig:
     """Train on completion tokens only (False: every token, as in pretraining)."""
     packing: bool = False
     """Concatenate examples into blocks of `max_length` tokens instead of padding them."""
+    micro_batch_size: int = 0
+    """Sequences per forward/backward pass (0: the whole batch); gradients accumulate to the full batch's exactly (accumulate.py)."""
     seed: int = 0
     """Seed for data order and initialisation."""
     log_every: int = 25
@@ -67,7 +72,7 @@ class SFTConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the flag of the first field out of range (before anything loads)."""
         check_config(self, at_least_1=("batch_size", "steps", "max_length", "log_every"), positive=("lr",),
-                     non_negative=("warmup_steps", "weight_decay", "max_grad_norm"), fractions=("min_lr_ratio",))
+                     non_negative=("warmup_steps", "weight_decay", "max_grad_norm", "micro_batch_size"), fractions=("min_lr_ratio",))
         check_checkpointing(self)
 
 
@@ -82,8 +87,9 @@ def pack_batch(batch: dict[str, torch.Tensor], block: int) -> dict[str, torch.Te
     comp = batch["completion_mask"][batch["attention_mask"].bool()]
     n_rows = max(1, ids.numel() // block)
     ids, comp = ids[: n_rows * block], comp[: n_rows * block]
-    return {"input_ids": ids.view(n_rows, block), "attention_mask": torch.ones(n_rows, block, dtype=torch.long),
-            "completion_mask": comp.view(n_rows, block)}
+    return {"input_ids": rearrange(ids, "(n t) -> n t", t=block),  # (n_rows, block)
+            "attention_mask": torch.ones(n_rows, block, dtype=torch.long),
+            "completion_mask": rearrange(comp, "(n t) -> n t", t=block)}
 
 
 def lr_at(step: int, cfg: SFTConfig) -> float:
@@ -102,7 +108,9 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
     """Train `model` in place on rows with "prompt" and "completion" fields; returns the log.
 
     `eval_fn(model) -> dict` runs every `eval_every` steps; if `stop_fn(metrics)` is true after
-    an evaluation, training stops there (early stopping on a dev split).
+    an evaluation, training stops there (early stopping on a dev split). `progress=True` shows a
+    progress bar (loss, lr, the evaluation's numbers) and, at each evaluation and at the end, the
+    model's greedy completions of a few training prompts beside their demonstrations.
 
     Under `torchrun` (torch.distributed initialised) each rank takes its share of every batch
     and gradients are averaged by DistributedDataParallel; the loss is normalised by the number
@@ -123,11 +131,8 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
         order, cursor = extra["order"], extra["cursor"]
         g.set_state(extra["generator"])
     ddp_model = wrap_ddp(model)
-    steps = range(start, cfg.steps)
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-        steps = tqdm(steps, desc="sft")
-    for step in steps:
+    bar = ProgressBar(range(start, cfg.steps), "sft", {"loss": "loss", "lr": "lr"}, logger, enabled=progress)
+    for step in bar:
         # 1. a batch of demonstrations (reshuffled at every epoch)
         if cursor + cfg.batch_size > len(rows):
             order, cursor = torch.randperm(len(rows), generator=g), 0
@@ -140,20 +145,23 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
             batch = pack_batch(batch, cfg.max_length)
         batch = {k: v.to(device) for k, v in batch.items()}
         loss_mask = batch["completion_mask"] if cfg.completion_only else batch["attention_mask"]
-        # 2. the loss: negative log-likelihood of the completion tokens
-        logps = token_logprobs(ddp_model, batch["input_ids"], batch["attention_mask"])  # (B, T)
-        if world > 1:  # normalise by the tokens of all ranks; DDP averages gradients, so x world
-            n_tokens = loss_mask.sum().float()
+        # 2. the loss: negative log-likelihood of the completion tokens, normalised by the tokens
+        #    of the whole batch (all ranks' under torchrun; DDP averages gradients, so x world),
+        #    so micro-batches add up to the full batch's gradient (accumulate.py)
+        n_tokens = loss_mask.sum().float()
+        if world > 1:
             torch.distributed.all_reduce(n_tokens)
-            loss = -(logps * loss_mask).sum() / n_tokens * world
-        else:
-            loss = sft_loss(logps, loss_mask)
-        check_finite("SFT loss", loss)
+
+        def micro_loss(mb: slice):
+            logps = token_logprobs(ddp_model, batch["input_ids"][mb], batch["attention_mask"][mb])  # (b, T)
+            return -(logps * loss_mask[mb]).sum() / n_tokens.clamp(min=1) * world, {}
+
         # 3. the update
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, _ = accumulate.backward(micro_loss, loss_mask, cfg.micro_batch_size, per_token=False,
+                                      weights=False, name="SFT loss")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
         if rank == 0 and checkpoint_due(cfg, step + 1):
@@ -164,9 +172,16 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             logger.log({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
                         "lr": lr_at(step, cfg), "time": time.time() - t0})
-        if eval_fn is not None and eval_every and ((step + 1) % eval_every == 0 or step == cfg.steps - 1):
+        evaluating = (eval_every and (step + 1) % eval_every == 0) or step == cfg.steps - 1
+        if bar.enabled and evaluating:  # what the model writes now, beside the demonstration
+            shown = [rows[i] for i in idx[:MAX_ROWS]]
+            bar.samples({"prompt": [r["prompt"] for r in shown],
+                         "completion": greedy_completions(model, tokenizer, [r["prompt"] for r in shown]),
+                         "gold": [r["completion"] for r in shown]}, title=f"sft step {step}")
+        if eval_fn is not None and eval_every and evaluating:
             model.eval()
             metrics = eval_fn(model)
+            bar.show(metrics)
             logger.log({"step": step, **metrics, "time": time.time() - t0})
             model.train()
             if stop_fn is not None and stop_fn(metrics):

@@ -73,6 +73,8 @@ class MetricsLogger:
     def __init__(self, path: str | os.PathLike | None = None, resume: bool = False):
         self.rows: list[dict[str, Any]] = []
         self.path = Path(path) if path else None
+        self.listeners: list[Any] = []
+        """Called with every logged row: a progress bar (progress.py), TensorBoard / W&B (tracking.py)."""
         if self._writes():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not resume:
@@ -88,7 +90,16 @@ class MetricsLogger:
         if self._writes():
             with open(self.path, "a") as f:
                 f.write(_json_line(row))
+        for listener in list(self.listeners):
+            listener(row)
         return row
+
+    def close(self) -> None:
+        """Flush and close the listeners that write somewhere (TensorBoard, W&B); they are dropped."""
+        for listener in self.listeners:
+            if hasattr(listener, "close"):
+                listener.close()
+        self.listeners.clear()
 
     def series(self, key: str) -> list[Any]:
         return [r[key] for r in self.rows if key in r]

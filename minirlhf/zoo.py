@@ -149,8 +149,11 @@ BUILD_STEPS: dict[str, Callable[[], dict]] = {
     "review-rm": _lazy("minirlhf.reward_model", "build_shipped"),
     "rm-bench": _lazy("minirlhf.reward_hacking.rm_bench", "build_shipped"),  # mines review-rm's worst pairs
     "rm-ensemble": _lazy("minirlhf.reward_hacking.ensemble_build", "build_ensemble"),  # review-rm's siblings + WARM
+    "rm-odin": _lazy("minirlhf.reward_hacking.odin", "build_odin"),  # two-head (quality + length) reward model
+    "rm-heldout": _lazy("minirlhf.reward_hacking.ensemble_build", "build_held_out"),  # an RM trained on prefs_test
     "diffusion": _lazy("minirlhf.diffusion.models", "build_shipped"),
     "arith-verifiers": _lazy("minirlhf.prm_build", "build_verifiers"),
+    "judges": _lazy("minirlhf.judges.build", "build_judges"),  # arith-genrm, review-judge (~15 min under load)
 }
 
 

@@ -118,3 +118,17 @@ def test_hacking_monitor_flags_rows_as_they_are_logged(tmp_path, capsys):
     assert out.count("possible reward hacking") == 1 and "step 4" in out
     rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert [r.get("hacking/flag") for r in rows] == [None, 0, 0, 0, 1, 1]   # written to the file as it goes
+
+
+def test_two_monitors_on_two_signals_keep_separate_flags():
+    from minirlhf.reward_hacking.defences import HackingMonitor
+
+    on_gold = HackingMonitor(window=1, min_fall=0.05, warn=False)
+    on_held = HackingMonitor(on_gold, independent_key="eval/heldout", window=1, min_fall=0.05, warn=False,
+                             flag_key="hacking/flag_heldout")
+    # the held-out reward model falls at step 2, gold only at step 3
+    for step, (p, g, h) in enumerate([(0.0, 0.0, 0.0), (0.5, 0.3, 0.4), (1.0, 0.35, 0.2), (1.5, 0.1, 0.1)]):
+        on_held.log({"step": step, "eval/scores": p, "eval/gold": g, "eval/heldout": h})
+    assert on_held.series("hacking/flag_heldout") == [0, 0, 1, 1]
+    assert on_held.series("hacking/flag") == [0, 0, 0, 1]
+    assert (on_held.first_flag_step, on_gold.first_flag_step) == (2, 3)

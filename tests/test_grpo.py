@@ -176,10 +176,14 @@ def test_smoke_train_each_variant(tok, variant):
     before = [p.detach().clone() for p in model.parameters()]
     # format reward of a random model is 0 everywhere; a length reward makes groups differ
     length_reward = lambda ps, cs: [len(c) / 10 for c in cs]  # noqa: E731
+    reward_fns, weights = [arithmetic_reward, format_reward, length_reward], [1.0, 0.5, 0.1]
+    if preset(variant).advantage == "pass_at_k":  # binary rewards: parity of the distinct characters
+        reward_fns, weights = [lambda ps, cs: [float(len(set(c)) % 2) for c in cs]], None
+    pass_k = {"pass_k": 2} if preset(variant).advantage == "pass_at_k" else {}  # k < G = 4
+    # a random model seldom ends within 12 tokens: overlong filtering would mask every row (tested on its own)
     cfg = preset(variant, steps=2, prompts_per_step=2, group_size=4, mu=2, max_new_tokens=12,
-                 eval_every=1, reward_weights=[1.0, 0.5, 0.1])
-    log = train_grpo(model, tok, PROMPTS, [arithmetic_reward, format_reward, length_reward], cfg,
-                     eval_fn=lambda m: {"dummy": 1.0})
+                 eval_every=1, reward_weights=weights, overlong_filter=False, **pass_k)
+    log = train_grpo(model, tok, PROMPTS, reward_fns, cfg, eval_fn=lambda m: {"dummy": 1.0})
     train_rows = [r for r in log.rows if "loss" in r]
     assert len(train_rows) == 2 and len(log.series("eval/dummy")) == 3  # before, step 1, step 2
     for r in train_rows:

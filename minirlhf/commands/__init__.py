@@ -3,8 +3,9 @@
 Read top down, the command line is three layers, each importing only the ones below it:
 
     cli.py                      flags from the config dataclasses, the registry, main()
-    commands/llm.py             sft, rm, ppo, dpo, grpo          (language models)
+    commands/llm.py             sft, rm, ppo, dpo, grpo, rft     (language models)
     commands/verifiers.py       prm, rm-bench                    (process / outcome verifiers)
+    commands/evaluation.py      eval                             (any model on a user's dataset)
     commands/diffusion.py       diffusion                        (diffusion and flow models)
     baselines.py                every method on the built-in worlds, one table
       commands/common.py        data flags, device, model loading, checked dataset rows, review_eval
@@ -27,8 +28,9 @@ from .common import (add_data_args, data_counts, load_lm, load_rows, preference_
                      run_device)
 from .diffusion import (DIFFUSION_METHODS, EXACT_TARGET_METHODS, DiffusionRunConfig, diffusion_args,
                         run_diffusion)
-from .llm import (dpo_args, grpo_args, ppo_args, rm_args, run_dpo, run_grpo, run_ppo, run_rm, run_sft,
-                  sft_args)
+from .llm import (dpo_args, grpo_args, ppo_args, rft_args, rm_args, run_dpo, run_grpo, run_ppo, run_rft, run_rm,
+                  run_sft, sft_args)
+from .evaluation import EvalConfig, eval_args, run_eval
 from .verifiers import RMBenchConfig, VerifierRunConfig, prm_args, rm_bench_args, run_prm, run_rm_bench
 
 # the names these helpers had when they lived in one commands.py, kept for code that imports them

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import check_config
-from ..runs import finish, metrics_logger
+from ..runs import finish, metrics_logger, show_progress
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +108,8 @@ def run_diffusion(args, cfg: DiffusionRunConfig) -> dict:
                                **({"lr": cfg.lr} if cfg.lr is not None else {})})
     before = evaluate(policy)
     t0 = time.time()
-    log, hooks = metrics_logger(args, "diffusion"), dict(eval_fn=evaluate, eval_every=cfg.eval_every)
+    log = metrics_logger(args, "diffusion")
+    hooks = dict(eval_fn=evaluate, eval_every=cfg.eval_every, progress=show_progress(args))
     if cfg.method in ("ddpo", "ddpo_sf", "dpok"):
         diffusion.train_ddpo(policy, reward_fn, method_cfg, logger=log, ref=ref, **hooks)
     elif cfg.method == "adjoint_matching":

@@ -1,4 +1,4 @@
-"""The language-model runners: `minirlhf sft`, `rm`, `ppo`, `dpo` and `grpo`.
+"""The language-model runners: `minirlhf sft`, `rm`, `ppo`, `dpo`, `grpo` and `rft`.
 
 Each pair `<method>_args(parser)` / `run_<method>(args, cfg)`: the runner loads the tokenizer,
 the data (checked first) and the models, calls the method's trainer, evaluates on the built-in
@@ -11,8 +11,11 @@ import argparse
 import time
 
 from ..evaluate import ARITH_EVAL_ROWS, sequence_kl
-from ..runs import finish, metrics_logger
+from ..runs import finish, metrics_logger, show_progress
+from ..scaling import merged
 from .common import add_data_args, data_counts, load_lm, load_rows, preference_rows, review_eval, run_device
+from .options import (add_chat_args, add_scale_args, apply_chat, chat_settings, check_lengths, load_policy,
+                      load_reference, scale_options, scale_summary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -24,6 +27,12 @@ def sft_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p, "a new tiny Llama from scratch", "arithmetic; 'reviews' for the other world; a file holds "
                   "prompt/completion or messages rows")
     p.add_argument("--eval-every", type=int, default=100, help="evaluate every this many steps (built-in worlds)")
+    p.add_argument("--prompt-field", default=None, help="--dataset field holding the prompt (default: prompt; "
+                   "GSM8K: question)")
+    p.add_argument("--completion-field", default=None,
+                   help="--dataset field holding the completion (default: completion; GSM8K: answer)")
+    add_chat_args(p)
+    add_scale_args(p)
 
 
 def run_sft(args: argparse.Namespace, cfg) -> dict:
@@ -33,14 +42,20 @@ def run_sft(args: argparse.Namespace, cfg) -> dict:
     from ..zoo import load_split, new_tiny_model
 
     dataset = args.dataset or "arithmetic"
+    opts = scale_options(args)  # flags first: a mistake is named before any file is read
     tok = load_tokenizer(args.model or "tokenizer", trust_remote_code=args.trust_remote_code)
     if dataset in ("arithmetic", "reviews"):
         rows = load_split(dataset, "train" if dataset == "arithmetic" else "sft")
     else:  # checked before the model is loaded
         from .. import data
 
-        rows = load_rows(args, data.load_completions, tokenizer=tok, max_length=cfg.max_length)
-    model = load_lm(args, args.model) if args.model else new_tiny_model(tok).to(run_device(args))
+        chat = chat_settings(args) is not None  # lengths are checked once the chat template is applied
+        rows = load_rows(args, data.load_completions, tokenizer=tok, max_length=None if chat else cfg.max_length,
+                         prompt_field=args.prompt_field or "prompt",
+                         completion_field=args.completion_field or "completion")
+        if chat:
+            rows = check_lengths(args, tok, apply_chat(args, tok, rows), cfg.max_length)
+    model = load_policy(args, args.model, opts) if args.model else new_tiny_model(tok).to(run_device(args))
     eval_fn = None
     if dataset == "arithmetic":
         test = load_split("arithmetic", "test")[:200]
@@ -48,18 +63,18 @@ def run_sft(args: argparse.Namespace, cfg) -> dict:
     log = metrics_logger(args, "sft", cfg)
     t0 = time.time()
     train_sft(model, tok, rows, cfg, eval_fn=eval_fn, eval_every=args.eval_every if eval_fn else 0,
-              logger=log, progress=True)
+              logger=log, progress=show_progress(args))
     seconds = time.time() - t0
     summary = {"method": "sft", "model": args.model or "tiny Llama from scratch",
-               "parameters": count_parameters(model), "dataset": dataset, "examples": len(rows),
-               **data_counts(args), "steps": cfg.steps, "seconds": round(seconds, 1),
+               "parameters": count_parameters(model), **scale_summary(model, opts), "dataset": dataset,
+               "examples": len(rows), **data_counts(args), "steps": cfg.steps, "seconds": round(seconds, 1),
                "final_loss": round(log.series("loss")[-1], 4) if log.series("loss") else None}
     if dataset == "arithmetic":
         for split in ("test", "test_ood"):
             m = eval_arithmetic(model, tok, load_split("arithmetic", split))
             summary[f"{split}/accuracy"] = m["accuracy"]
             summary[f"{split}/trace_accuracy"] = m["trace_accuracy"]
-    return finish(args, "sft", log, summary, model, tok, ["loss", "test_accuracy"])
+    return finish(args, "sft", log, summary, merged(model), tok, ["loss", "test_accuracy"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +96,8 @@ def run_rm(args, cfg) -> dict:
     rows = preference_rows(args, tok, max_length=cfg.max_length)  # checked before the model is loaded
     rm = ScalarHeadModel.from_causal_lm(model_name, trust_remote_code=args.trust_remote_code).to(run_device(args))
     t0 = time.time()
-    log = train_reward_model(rm, tok, rows, cfg, logger=metrics_logger(args, "rm", cfg), progress=True)
+    log = train_reward_model(rm, tok, rows, cfg, logger=metrics_logger(args, "rm", cfg),
+                             progress=show_progress(args))
     summary = {"method": "rm", "model": model_name, "pairs": len(rows), **data_counts(args), "steps": cfg.steps,
                "seconds": round(time.time() - t0, 1)}
     if args.dataset is None:
@@ -120,7 +136,8 @@ def run_ppo(args, cfg) -> dict:
     builtin = args.dataset is None
     t0 = time.time()
     log, policy = train_ppo(policy, tok, prompts, rm, cfg, ref_model=ref,
-                            gold_fn=reviews.gold_rewards if builtin else None, logger=metrics_logger(args, "ppo", cfg))
+                            gold_fn=reviews.gold_rewards if builtin else None, logger=metrics_logger(args, "ppo", cfg),
+                            progress=show_progress(args))
     summary = {"method": f"ppo (beta={cfg.beta})", "model": model_name, **data_counts(args), "steps": cfg.steps,
                "seconds": round(time.time() - t0, 1)}
     if builtin:
@@ -135,24 +152,33 @@ def run_ppo(args, cfg) -> dict:
 
 def dpo_args(p):
     add_data_args(p, "review-sft", "reviews prefs_train")
+    add_scale_args(p)
+    from .judges import online_dpo_args
+    online_dpo_args(p)
 
 
 def run_dpo(args, cfg) -> dict:
     from ..dpo import train_dpo
     from ..models import load_tokenizer
 
+    if getattr(args, "online", False):  # sample -> judge -> DPO rounds (commands/judges.py)
+        from .judges import run_online_dpo
+        return run_online_dpo(args, cfg)
     model_name = args.model or "review-sft"
     tok = load_tokenizer(model_name if args.model else "tokenizer")
     rows = preference_rows(args, tok, max_length=cfg.max_length)  # checked before the models are loaded
-    policy, ref = load_lm(args, model_name), load_lm(args, model_name).eval()
+    opts = scale_options(args)
+    policy = load_policy(args, model_name, opts)
+    ref = load_reference(args, model_name, policy, opts)  # LoRA: the policy's base, adapters off
     t0 = time.time()
-    log = train_dpo(policy, tok, rows, cfg, ref_model=ref, logger=metrics_logger(args, "dpo", cfg))
+    log = train_dpo(policy, tok, rows, cfg, ref_model=ref, logger=metrics_logger(args, "dpo", cfg),
+                    progress=show_progress(args))
     summary = {"method": f"{cfg.loss_type} (beta={cfg.beta})", "model": model_name, **data_counts(args),
-               "steps": cfg.steps,
+               **scale_summary(policy, opts), "steps": cfg.steps,
                "seconds": round(time.time() - t0, 1)}
     if args.dataset is None:
         summary.update(review_eval(policy.eval(), ref, tok))
-    return finish(args, "dpo", log, summary, policy, tok, ["loss", "rewards/margins", "logps/chosen"])
+    return finish(args, "dpo", log, summary, merged(policy), tok, ["loss", "rewards/margins", "logps/chosen"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +195,8 @@ def grpo_args(p):
     p.add_argument("--reward", default="answer", choices=("answer", "trace"),
                    help="built-in world: answer (the final answer is right) or trace (every step too; "
                         "the reward that lifts held-out accuracy in notebook 05)")
+    add_chat_args(p)
+    add_scale_args(p)
 
 
 def run_grpo(args, cfg) -> dict:
@@ -190,17 +218,22 @@ def run_grpo(args, cfg) -> dict:
 
         rows = load_rows(args, data.load_prompts_with_answers, tokenizer=tok, prompt_field=args.prompt_field,
                              answer_field=args.answer_field)
+        rows = apply_chat(args, tok, rows)  # --chat-template: the question as a user turn, with the instruction
         gold = {r["prompt"]: r["gold"] for r in rows}
         prompts = list(gold)  # each distinct prompt once
         data.require_rows(len(prompts), cfg.prompts_per_step, "--prompts-per-step", args.dataset, "distinct prompts")
         reward_fns = [arithmetic.numeric_answer_reward(gold)]
-    policy = load_lm(args, model_name)
+    opts = scale_options(args)
+    policy = load_policy(args, model_name, opts)
+    ref = load_reference(args, model_name, policy, opts) if cfg.beta > 0 else None  # LoRA: base, adapters off
     test = load_split("arithmetic", "test")[:ARITH_EVAL_ROWS]
     before = eval_arithmetic(policy, tok, test)["accuracy"] if args.dataset is None else None
     t0 = time.time()
-    log = grpo.train_grpo(policy, tok, prompts, reward_fns, cfg, logger=metrics_logger(args, "grpo", cfg))
-    summary = {"method": cfg.variant, "model": model_name, **data_counts(args), "steps": cfg.steps,
-               "seconds": round(time.time() - t0, 1)}
+    log = grpo.train_grpo(policy, tok, prompts, reward_fns, cfg, ref_model=ref,
+                          logger=metrics_logger(args, "grpo", cfg),
+                          progress=show_progress(args))
+    summary = {"method": cfg.variant, "model": model_name, **data_counts(args), **scale_summary(policy, opts),
+               "steps": cfg.steps, "seconds": round(time.time() - t0, 1)}
     if args.dataset is None:
         summary["reward"] = args.reward
     if args.dataset is None:
@@ -208,4 +241,43 @@ def run_grpo(args, cfg) -> dict:
         summary.update({"accuracy_before": before, "accuracy": eval_arithmetic(policy, tok, test)["accuracy"],
                         "accuracy_ood": eval_arithmetic(policy, tok, ood)["accuracy"],
                         **sequence_kl(policy, load_lm(args, model_name).eval(), tok, [r["prompt"] for r in test])})
-    return finish(args, "grpo", log, summary, policy, tok, ["reward/mean", "entropy", "completion_length/mean"])
+    return finish(args, "grpo", log, summary, merged(policy), tok, ["reward/mean", "entropy", "completion_length/mean"])
+
+
+# ---------------------------------------------------------------------------------------------
+# rft
+# ---------------------------------------------------------------------------------------------
+
+
+def rft_args(p):
+    add_data_args(p, "arith-sft", "arithmetic train (a --dataset is not supported yet)")
+    p.add_argument("--reward", default="answer", choices=("answer", "trace"),
+                   help="the verifier that keeps a sample: answer (final answer right) or trace (every step too)")
+
+
+def run_rft(args, cfg) -> dict:
+    from ..errors import ConfigError
+    from ..evaluate import eval_arithmetic
+    from ..models import load_tokenizer
+    from ..rft import train_rft
+    from ..worlds import arithmetic
+    from ..zoo import load_split
+
+    if args.dataset is not None:
+        raise ConfigError("minirlhf rft runs on the built-in arithmetic world only", "--dataset")
+    model_name = args.model or "arith-sft"
+    tok = load_tokenizer(model_name if args.model else "tokenizer")
+    prompts = [r["prompt"] for r in load_split("arithmetic", "train")]
+    reward_fn = arithmetic.arithmetic_trace_reward if args.reward == "trace" else arithmetic.arithmetic_reward
+    policy = load_lm(args, model_name)
+    test = load_split("arithmetic", "test")[:ARITH_EVAL_ROWS]
+    before = eval_arithmetic(policy, tok, test)["accuracy"]
+    t0 = time.time()
+    log = train_rft(policy, tok, prompts, reward_fn, cfg, logger=metrics_logger(args, "rft", cfg))
+    ood = load_split("arithmetic", "test_ood")[:ARITH_EVAL_ROWS]
+    summary = {"method": "rft", "model": model_name, "reward": args.reward, "iterations": cfg.iterations,
+               "samples": cfg.samples, "kept": sum(log.series("kept")), "seconds": round(time.time() - t0, 1),
+               "accuracy_before": before, "accuracy": eval_arithmetic(policy, tok, test)["accuracy"],
+               "accuracy_ood": eval_arithmetic(policy, tok, ood)["accuracy"],
+               **sequence_kl(policy, load_lm(args, model_name).eval(), tok, [r["prompt"] for r in test])}
+    return finish(args, "rft", log, summary, policy, tok, ["reward/mean", "kept", "sft/loss"])

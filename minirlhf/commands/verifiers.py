@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass, fields
 
 import torch
+from einops import rearrange
 
 from ..errors import check_config
 from ..prm import VerifierConfig
-from ..runs import finish, metrics_logger
+from ..runs import finish, metrics_logger, show_progress
 from ..utils import MetricsLogger
 from .common import data_counts, load_rows, run_device
 
@@ -122,9 +123,9 @@ def _best_of_n_report(verifier, cfg: VerifierRunConfig, policy, ref, tok, g) -> 
     P, N = cfg.n_eval_prompts, cfg.best_of
     prompts, completions = _sample_solutions(policy, tok, "test", P, N, cfg, g)
     results = [check_chain(p, c) for p, c in zip(prompts, completions)]
-    answer = torch.tensor([r.answer_correct for r in results]).view(P, N)  # (P, N)
-    trace = torch.tensor([r.trace_correct for r in results]).view(P, N)
-    scores = _verifier_scores(verifier, cfg, ref, tok, prompts, completions).view(P, N)
+    answer = rearrange(torch.tensor([r.answer_correct for r in results]), "(p n) -> p n", n=N)  # (P, N): N per prompt
+    trace = rearrange(torch.tensor([r.trace_correct for r in results]), "(p n) -> p n", n=N)
+    scores = rearrange(_verifier_scores(verifier, cfg, ref, tok, prompts, completions), "(p n) -> p n", n=N)
     answers = [[extract_answer(c) for c in completions[i * N:(i + 1) * N]] for i in range(P)]
     out = {"accuracy@1": answer.float().mean().item(), "accuracy": prm.best_of_n(scores, answer).float().mean().item(),
            "trace_accuracy@1": trace.float().mean().item(),
@@ -165,7 +166,7 @@ def run_prm(args, cfg: VerifierRunConfig) -> dict:
         eval_fn = lambda m: prm.auc(_verifier_scores(m, cfg, ref, tok, dev_p, dev_c), dev_y)  # noqa: E731
     train_cfg = VerifierConfig(**{f.name: getattr(cfg, f.name) for f in fields(VerifierConfig)})
     log = prm.train_verifier(verifier, tok, rows, cfg.kind, train_cfg, ref=ref, eval_fn=eval_fn,
-                             logger=metrics_logger(args, "prm"))
+                             logger=metrics_logger(args, "prm"), progress=show_progress(args))
     method = {"prm": f"PRM ({cfg.labels} labels, {cfg.aggregation})", "orm": "ORM",
               "implicit": f"implicit PRM ({cfg.aggregation})"}[cfg.kind]
     summary = {"method": method, "model": model_name, "backbone": backbone_name,

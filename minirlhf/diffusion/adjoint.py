@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from ..errors import check_config
+from ..progress import DIFFUSION_POSTFIX, ProgressBar
 from ..utils import MetricsLogger, check_finite
 from .ddpo import frozen_copy
 from .samplers import Trajectory, sample, step_mean_std, step_means
@@ -135,7 +136,7 @@ def adjoint_matching_loss(mean: Tensor, base_mean: Tensor, std: Tensor, adj_next
 def train_adjoint_matching(policy, reward_fn: Callable[[Tensor, Tensor], Tensor],
                            cfg: AdjointMatchingConfig | None = None, ref=None,
                            eval_fn: Callable[[object, int], dict] | None = None, eval_every: int = 0,
-                           logger: MetricsLogger | None = None) -> MetricsLogger:
+                           logger: MetricsLogger | None = None, progress: bool = False) -> MetricsLogger:
     """Fine-tune `policy` in place towards p_base exp(r / beta); `ref` (the base) defaults to a frozen copy.
     reward_fn must be differentiable."""
     cfg = cfg or AdjointMatchingConfig()
@@ -145,7 +146,8 @@ def train_adjoint_matching(policy, reward_fn: Callable[[Tensor, Tensor], Tensor]
     g = torch.Generator().manual_seed(cfg.seed)
     logger = logger or MetricsLogger()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
-    for it in range(cfg.iterations):
+    for it in ProgressBar(range(cfg.iterations), "adjoint matching", DIFFUSION_POSTFIX, logger,
+                          enabled=progress):
         if eval_fn is not None and eval_every and it % eval_every == 0:
             logger.log({"iteration": it, **eval_fn(policy, it)})
         # 1. Trajectories of the current model with the memoryless sampler (no graph).

@@ -36,9 +36,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from einops import rearrange, repeat
 from torch import Tensor
 
 from ..errors import check_config
+from ..progress import DIFFUSION_POSTFIX, ProgressBar
 from ..rl import clip_fractions, clipped_surrogate, group_advantages, masked_mean
 from ..utils import MetricsLogger, check_finite
 from .samplers import Trajectory, gaussian_kl_same_std, gaussian_logprob, sample, step_means
@@ -108,7 +110,7 @@ def select(traj: Trajectory, idx: Tensor) -> Trajectory:
 
 def train_ddpo(policy, reward_fn: Callable[[Tensor, Tensor], Tensor], cfg: DDPOConfig | None = None,
                eval_fn: Callable[[object, int], dict] | None = None, eval_every: int = 0,
-               logger: MetricsLogger | None = None, ref=None) -> MetricsLogger:
+               logger: MetricsLogger | None = None, ref=None, progress: bool = False) -> MetricsLogger:
     """Train `policy` (a DDPM Denoiser, or a flow model with eta as its SDE noise a; updated in place) to
     maximise reward_fn(labels, x0), minus kl_coef * path KL to `ref` (default: a frozen copy of the start)."""
     cfg = cfg or DDPOConfig()
@@ -122,18 +124,19 @@ def train_ddpo(policy, reward_fn: Callable[[Tensor, Tensor], Tensor], cfg: DDPOC
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     n_labels = policy.config.n_labels
     L, G = cfg.labels_per_batch, cfg.samples_per_label
-    for it in range(cfg.iterations):
+    for it in ProgressBar(range(cfg.iterations), "ddpo", DIFFUSION_POSTFIX, logger, enabled=progress):
         if eval_fn is not None and eval_every and it % eval_every == 0:
             logger.log({"iteration": it, **eval_fn(policy, it)})
         # 1. Sample L labels x G samples with the current policy, recording each step's log-prob.
-        labels = torch.randperm(n_labels, generator=g)[:L].repeat_interleave(G)  # (L*G,)
+        labels = repeat(torch.randperm(n_labels, generator=g)[:L], "l -> (l g)", g=G)  # (L*G,): G per label
         with torch.no_grad():
             traj = sample(policy, labels, cfg.n_steps, cfg.eta, generator=g)
         # 2. Score the final samples.
         rewards = reward_fn(labels, traj.samples).detach().float()  # (L*G,)
         check_finite("rewards", rewards)
         # 3. Per-label advantages (DDPO's per-prompt stat tracking = GRPO's group advantage).
-        adv = group_advantages(rewards.view(L, G), scale_by_std=cfg.normalize_advantages).view(-1)
+        adv = group_advantages(rearrange(rewards, "(l g) -> l g", g=G), scale_by_std=cfg.normalize_advantages)
+        adv = rearrange(adv, "l g -> (l g)")
         adv = adv.clamp(-cfg.adv_clip_max, cfg.adv_clip_max)  # (L*G,)
         # 4. Update on every denoising step of the batch's trajectories.
         epochs, n_mb = (cfg.inner_epochs, cfg.minibatches) if cfg.importance_sampling else (1, 1)

@@ -16,6 +16,7 @@ the negative control for "the Flow-GRPO SDE keeps the ODE's marginals".
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from .samplers import flow_sde_mean_std
@@ -45,7 +46,7 @@ def histogram_2d(x: Tensor, bins: int = 32, lim: float = 3.2, smooth: float = 1.
     ij = ij[inside]
     h = torch.zeros(bins * bins, dtype=torch.float64)
     h.index_add_(0, ij[:, 0] * bins + ij[:, 1], torch.ones(ij.shape[0], dtype=torch.float64))
-    h = h.view(bins, bins)
+    h = rearrange(h, "(i j) -> i j", i=bins)  # (bins, bins): row i = x bin, column j = y bin
     if smooth > 0:
         r = int(3 * smooth + 0.5)
         k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / smooth) ** 2)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import check_config
+from ..progress import DIFFUSION_POSTFIX, ProgressBar
 from ..utils import MetricsLogger, check_finite
 from .ddpo import frozen_copy
 from .samplers import alpha_bar, sample
@@ -107,7 +108,7 @@ def denoising_errors(net, kind: str, x0: Tensor, labels: Tensor, t: Tensor, nois
 
 def train_diffusion_dpo(policy, pairs: dict[str, Tensor], cfg: DiffusionDPOConfig | None = None, ref=None,
                         eval_fn: Callable[[object, int], dict] | None = None, eval_every: int = 0,
-                        logger: MetricsLogger | None = None) -> MetricsLogger:
+                        logger: MetricsLogger | None = None, progress: bool = False) -> MetricsLogger:
     """Fine-tune `policy` in place on preference pairs; `ref` defaults to a frozen copy of its start."""
     cfg = cfg or DiffusionDPOConfig()
     cfg.validate()  # a bad value stops here, before any work
@@ -121,7 +122,7 @@ def train_diffusion_dpo(policy, pairs: dict[str, Tensor], cfg: DiffusionDPOConfi
     g = torch.Generator().manual_seed(cfg.seed)
     logger = logger or MetricsLogger()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
-    for step in range(cfg.steps):
+    for step in ProgressBar(range(cfg.steps), "diffusion dpo", DIFFUSION_POSTFIX, logger, enabled=progress):
         if eval_fn is not None and eval_every and step % eval_every == 0:
             logger.log({"iteration": step, **eval_fn(policy, step)})
         # 1. A batch of pairs, one t and one noise shared by the chosen and the rejected sample.

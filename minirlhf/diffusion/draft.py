@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, check_config
+from ..progress import DIFFUSION_POSTFIX, ProgressBar
 from ..utils import MetricsLogger, check_finite
 from .samplers import sample
 
@@ -70,14 +71,14 @@ def draft_loss(rewards: Tensor) -> Tensor:
 
 def train_draft(policy, reward_fn: Callable[[Tensor, Tensor], Tensor], cfg: DRaFTConfig | None = None,
                 eval_fn: Callable[[object, int], dict] | None = None, eval_every: int = 0,
-                logger: MetricsLogger | None = None) -> MetricsLogger:
+                logger: MetricsLogger | None = None, progress: bool = False) -> MetricsLogger:
     """Fine-tune `policy` in place by backpropagating a differentiable reward through sampling."""
     cfg = cfg or DRaFTConfig()
     cfg.validate()  # a bad value stops here, before any work
     g = torch.Generator().manual_seed(cfg.seed)
     logger = logger or MetricsLogger()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
-    for it in range(cfg.iterations):
+    for it in ProgressBar(range(cfg.iterations), "draft", DIFFUSION_POSTFIX, logger, enabled=progress):
         if eval_fn is not None and eval_every and it % eval_every == 0:
             logger.log({"iteration": it, **eval_fn(policy, it)})
         # 1. Sample with the graph kept for the last k steps only.

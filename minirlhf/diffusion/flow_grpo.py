@@ -43,9 +43,11 @@ from typing import Callable
 import time
 
 import torch
+from einops import rearrange, repeat
 from torch import Tensor
 
 from ..errors import ConfigError, check_config
+from ..progress import DIFFUSION_POSTFIX, ProgressBar
 from ..rl import clip_fractions, clipped_surrogate, group_advantages, kl_k3, masked_mean
 from ..utils import MetricsLogger, check_finite
 from .ddpo import frozen_copy, select
@@ -135,7 +137,7 @@ def flow_grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, kl: Tenso
 
 def train_flow_grpo(policy, reward_fn: Callable[[Tensor, Tensor], Tensor], cfg: FlowGRPOConfig | None = None,
                     ref=None, eval_fn: Callable[[object, int], dict] | None = None, eval_every: int = 0,
-                    logger: MetricsLogger | None = None) -> MetricsLogger:
+                    logger: MetricsLogger | None = None, progress: bool = False) -> MetricsLogger:
     """Train a flow `policy` (updated in place); `ref` defaults to a frozen copy of its start."""
     cfg = cfg or FlowGRPOConfig()
     cfg.validate()  # a bad value stops here, before any work
@@ -146,7 +148,7 @@ def train_flow_grpo(policy, reward_fn: Callable[[Tensor, Tensor], Tensor], cfg: 
     logger = logger or MetricsLogger()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     L, G = cfg.labels_per_batch, cfg.samples_per_label
-    for it in range(cfg.iterations):
+    for it in ProgressBar(range(cfg.iterations), "flow grpo", DIFFUSION_POSTFIX, logger, enabled=progress):
         if eval_fn is not None and eval_every and it % eval_every == 0:
             logger.log({"iteration": it, **eval_fn(policy, it)})
         # 1. Sample G trajectories per label with the SDE (same marginals as the ODE); with a window,
@@ -155,14 +157,14 @@ def train_flow_grpo(policy, reward_fn: Callable[[Tensor, Tensor], Tensor], cfg: 
         start = window_start_at(cfg, it)
         window = sde_window(cfg.n_steps, cfg.sde_window, start) if cfg.sde_window else None  # (K,) or None
         steps = window.nonzero()[:, 0] if window is not None else None  # (W,) the steps re-scored below
-        labels = torch.randperm(policy.config.n_labels, generator=g)[:L].repeat_interleave(G)  # (L*G,)
+        labels = repeat(torch.randperm(policy.config.n_labels, generator=g)[:L], "l -> (l g)", g=G)  # (L*G,)
         with torch.no_grad():
             traj = sample(policy, labels, cfg.n_steps, cfg.noise_level, generator=g, sde_steps=window)
         t_sample = time.perf_counter() - t0
         # 2. Score, 3. group-relative advantages per label.
         rewards = reward_fn(labels, traj.samples).detach().float()  # (L*G,)
         check_finite("rewards", rewards)
-        adv = group_advantages(rewards.view(L, G)).view(-1)  # (L*G,)
+        adv = rearrange(group_advantages(rearrange(rewards, "(l g) -> l g", g=G)), "l g -> (l g)")  # (L*G,)
         stats = []
         t0 = time.perf_counter()
         for _ in range(cfg.inner_epochs):

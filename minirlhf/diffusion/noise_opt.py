@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..errors import check_config
+from ..progress import ProgressBar
 from ..utils import MetricsLogger, check_finite
 from .samplers import sample
 
@@ -74,7 +75,7 @@ def generate(net, z: Tensor, labels: Tensor, n_steps: int) -> Tensor:
 
 def optimise_noise(net, labels: Tensor, reward_fn: Callable[[Tensor, Tensor], Tensor],
                    cfg: NoiseOptConfig | None = None, z_init: Tensor | None = None,
-                   logger: MetricsLogger | None = None) -> tuple[Tensor, Tensor, MetricsLogger]:
+                   logger: MetricsLogger | None = None, progress: bool = False) -> tuple[Tensor, Tensor, MetricsLogger]:
     """Optimise (or Langevin-sample) the starting noise of each of B = len(labels) samples; the model is frozen.
 
     Returns (z (B, D), samples G(z) (B, D), logger). reward_fn must be differentiable.
@@ -86,7 +87,8 @@ def optimise_noise(net, labels: Tensor, reward_fn: Callable[[Tensor, Tensor], Te
     for p in net.parameters():
         p.requires_grad_(False)
     z = torch.randn(labels.shape[0], net.config.dim, generator=g) if z_init is None else z_init.clone()
-    for step in range(cfg.steps):
+    for step in ProgressBar(range(cfg.steps), "noise optimisation", {"reward": "reward", "z_norm": "|z|"}, logger,
+                            enabled=progress):
         # 1. Generate through the whole sampler with the graph, 2. J(z) and its gradient with respect to z.
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():

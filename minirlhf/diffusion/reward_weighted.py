@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from einops import rearrange, repeat
 from torch import Tensor
 
 from ..errors import check_config
+from ..progress import DIFFUSION_POSTFIX, ProgressBar
 from ..utils import MetricsLogger, check_finite
 from .samplers import alpha_bar, sample
 
@@ -93,7 +95,7 @@ def weighted_denoising_loss(net, x0: Tensor, labels: Tensor, weights: Tensor,
 def train_reward_weighted(policy, reward_fn: Callable[[Tensor, Tensor], Tensor],
                           cfg: RewardWeightedConfig | None = None,
                           eval_fn: Callable[[object, int], dict] | None = None, eval_every: int = 0,
-                          logger: MetricsLogger | None = None) -> MetricsLogger:
+                          logger: MetricsLogger | None = None, progress: bool = False) -> MetricsLogger:
     """Fine-tune `policy` in place on its own samples weighted by exp(r / beta) (any reward, no gradient)."""
     cfg = cfg or RewardWeightedConfig()
     cfg.validate()  # a bad value stops here, before any work
@@ -101,17 +103,18 @@ def train_reward_weighted(policy, reward_fn: Callable[[Tensor, Tensor], Tensor],
     logger = logger or MetricsLogger()
     L, N = policy.config.n_labels, cfg.samples_per_label
     # 1. Samples of the base model (the policy before any update), N per label.
-    labels = torch.arange(L).repeat_interleave(N)  # (L*N,)
+    labels = repeat(torch.arange(L), "l -> (l n)", n=N)  # (L*N,)
     with torch.no_grad():
         x0 = sample(policy, labels, cfg.n_steps, cfg.noise, generator=g).samples
         rewards = reward_fn(labels, x0).detach().float()  # (L*N,)
     check_finite("rewards", rewards)
     # 2. Weights exp(r / beta), normalised within each label.
-    w = reward_weights(rewards.view(L, N), cfg.beta)  # (L, N)
+    w = reward_weights(rearrange(rewards, "(l n) -> l n", n=N), cfg.beta)  # (L, N)
     ess = effective_sample_size(w)
-    w = w.view(-1)
+    w = rearrange(w, "l n -> (l n)")
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
-    for step in range(cfg.iterations):
+    for step in ProgressBar(range(cfg.iterations), "reward-weighted fm", DIFFUSION_POSTFIX, logger,
+                            enabled=progress):
         if eval_fn is not None and eval_every and step % eval_every == 0:
             logger.log({"iteration": step, **eval_fn(policy, step)})
         # 3. The weighted flow-matching (or epsilon) loss on a uniform batch of the weighted samples.

@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange, repeat
 from torch import Tensor
 
 from ..rl import masked_sum
@@ -168,9 +169,9 @@ def _flat_steps(traj: Trajectory, steps: Tensor | None = None) -> tuple[Tensor, 
     else:  # (W,) step indices: only these are evaluated (MixGRPO's window)
         x_t, x_s, t, s = traj.xs[:, steps], traj.xs[:, steps + 1], traj.ts[steps], traj.ts[steps + 1]
     W = t.shape[0]
-    labels = traj.labels.repeat_interleave(W)
-    # (B*W, D) and (B*W,) in row-major (b, k) order
-    return x_t.detach().reshape(B * W, D), x_s.detach().reshape(B * W, D), t.repeat(B), s.repeat(B), labels
+    # (B*W, D) and (B*W,): trajectory-major, each trajectory's W steps together
+    return (rearrange(x_t.detach(), "b w d -> (b w) d"), rearrange(x_s.detach(), "b w d -> (b w) d"),
+            repeat(t, "w -> (b w)", b=B), repeat(s, "w -> (b w)", b=B), repeat(traj.labels, "b -> (b w)", w=W))
 
 
 def step_means(net, traj: Trajectory, steps: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -178,7 +179,7 @@ def step_means(net, traj: Trajectory, steps: Tensor | None = None) -> tuple[Tens
     B, _, D = traj.xs.shape
     x_t, _, t, s, labels = _flat_steps(traj, steps)
     mean, std = step_mean_std(net, traj.kind, x_t, t, s, labels, traj.noise, traj.ts[1].item(), traj.clip_x0)
-    return mean.reshape(B, -1, D), std.reshape(B, -1)
+    return rearrange(mean, "(b w) d -> b w d", b=B), rearrange(std, "(b w) -> b w", b=B)
 
 
 def trajectory_logprobs(net, traj: Trajectory) -> Tensor:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from .worlds import MODE_STD, N_MODES, POINT_LABELS, mode_centres, nearest_mode
@@ -144,11 +145,10 @@ def _smooth(hist: Tensor, cell: float, bandwidth: float) -> Tensor:
     offsets = torch.arange(-half, half + 1, dtype=torch.float64) * cell
     kernel = torch.exp(-offsets ** 2 / (2 * bandwidth ** 2))
     kernel = (kernel / kernel.sum()).view(1, 1, -1)
-    L, n, _ = hist.shape
-    h = torch.nn.functional.conv1d(hist.reshape(L * n, 1, n), kernel, padding=half).reshape(L, n, n)
-    h = h.transpose(1, 2)
-    h = torch.nn.functional.conv1d(h.reshape(L * n, 1, n), kernel, padding=half).reshape(L, n, n)
-    return h.transpose(1, 2)
+    L = hist.shape[0]
+    h = torch.nn.functional.conv1d(rearrange(hist, "l i j -> (l i) 1 j"), kernel, padding=half)  # along j
+    h = torch.nn.functional.conv1d(rearrange(h, "(l i) 1 j -> (l j) 1 i", l=L), kernel, padding=half)  # along i
+    return rearrange(h, "(l j) 1 i -> l i j", l=L)
 
 
 def histogram(x: Tensor, labels: Tensor, target: GridTarget) -> Tensor:
@@ -172,8 +172,9 @@ def smoothed_kl(x: Tensor, labels: Tensor, target: GridTarget, bandwidth: float 
     n = target.axis.numel()
     L = target.probs.shape[0]
     uniform = 1.0 / (n * n)
-    p = _smooth(target.probs.view(L, n, n), target.cell, bandwidth).reshape(L, -1)
-    q = _smooth(histogram(x.detach(), labels, target).view(L, n, n), target.cell, bandwidth).reshape(L, -1)
+    p = rearrange(_smooth(rearrange(target.probs, "l (i j) -> l i j", i=n), target.cell, bandwidth), "l i j -> l (i j)")
+    q = rearrange(_smooth(rearrange(histogram(x.detach(), labels, target), "l (i j) -> l i j", i=n), target.cell,
+                          bandwidth), "l i j -> l (i j)")
     p = (1 - eps) * p + eps * uniform
     q = (1 - eps) * q + eps * uniform
     return (p * (p / q).log()).sum(1)

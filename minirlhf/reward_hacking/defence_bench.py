@@ -9,6 +9,9 @@ from the same pool of M samples per prompt, and we compare the gold reward of it
     ensemble mean / worst / uwo   the three members (defences.ensemble_reward)
     WARM                    review-rm-warm (weight average of the members)
     length-debiased         review-rm minus alpha * length, alpha fitted on prefs_test (not on the pool)
+    ODIN                    the quality head of review-rm-odin (odin.py: trained with a length head beside it)
+    early-stopped N         review-rm, with N chosen where review-rm-heldout's score of the pick peaks
+                            (`rl_bench.choose_n_by_held_out`; a reward model trained on prefs_test)
 
 Per prompt we compute the expected gold of the pick for every N (unbiased over all subsets of
 the pool: `reward_model.bon_curve`), then compare each defence with the single RM by a paired
@@ -27,7 +30,8 @@ from torch import Tensor
 
 from ..stats import mean_se, paired_bootstrap
 from .defences import ENSEMBLE_METHODS, ensemble_reward, pearson
-from .ensemble_build import MEMBERS, WARM
+from .ensemble_build import HELD_OUT, MEMBERS, WARM
+from .odin import ODIN
 
 
 @dataclass
@@ -38,6 +42,10 @@ class DefenceBenchConfig:
     """Reward models of the ensemble; the first is the single-RM baseline."""
     warm: str | None = WARM
     """Weight-averaged reward model (None: skip WARM)."""
+    odin: str | None = ODIN
+    """ODIN two-head reward model, used through its quality head (None: skip)."""
+    held_out: str | None = HELD_OUT
+    """Held-out reward model that chooses N for the first member (early stopping; None: skip)."""
     pool: int = 64
     """Samples per prompt from review-sft; best-of-N for N = 1..pool."""
     max_new_tokens: int = 64
@@ -78,6 +86,8 @@ def measure_bon_defences(cfg: DefenceBenchConfig = DefenceBenchConfig()) -> dict
     tok = load_tokenizer()
     scorers = {m: RewardModelScorer(ScalarHeadModel.from_pretrained(m).eval(), tok) for m in cfg.members}
     warm = RewardModelScorer(ScalarHeadModel.from_pretrained(cfg.warm).eval(), tok) if cfg.warm else None
+    odin = RewardModelScorer(ScalarHeadModel.from_pretrained(cfg.odin).eval(), tok) if cfg.odin else None
+    held = RewardModelScorer(ScalarHeadModel.from_pretrained(cfg.held_out).eval(), tok) if cfg.held_out else None
     prompts = sorted({r["prompt"] for r in load_split("reviews", "prompts_test")})
     repeated = [p for p in prompts for _ in range(cfg.pool)]                  # prompt-major
     g = torch.Generator().manual_seed(cfg.seed)
@@ -100,6 +110,8 @@ def measure_bon_defences(cfg: DefenceBenchConfig = DefenceBenchConfig()) -> dict
     if warm is not None:
         rules["WARM"] = torch.tensor(warm(repeated, completions), dtype=torch.float64).view(P, M)
     rules["length-debiased"] = member[0] - alpha * lengths
+    if odin is not None:
+        rules["ODIN"] = torch.tensor(odin(repeated, completions), dtype=torch.float64).view(P, M)
     rules["gold (oracle)"] = gold
 
     ns = list(range(1, M + 1))
@@ -122,6 +134,17 @@ def measure_bon_defences(cfg: DefenceBenchConfig = DefenceBenchConfig()) -> dict
                                                                seed=cfg.seed).as_dict()
         out["rules"][name] = row
     out["gold_length_corr"] = round(pearson(gold.flatten(), lengths.flatten()), 4)
+    if held is not None:   # early stopping on a held-out proxy: N where the held-out RM's score of the pick peaks
+        from .rl_bench import choose_n_by_held_out
+        h = torch.tensor(held(repeated, completions), dtype=torch.float64).view(P, M)
+        n_star = choose_n_by_held_out(member[0], h, ns)
+        c = single[:, n_star - 1]
+        out["early_stop"] = {"n": n_star, "kl": round(float(kl_best_of_n(torch.tensor([n_star]))[0]), 4),
+                             "gold": mean_se(c).as_dict(), "gold_at_max_n": mean_se(single[:, -1]).as_dict(),
+                             "vs_max_n": paired_bootstrap(c, single[:, -1], seed=cfg.seed).as_dict(),
+                             "vs_single_peak": round(float(c.mean() - single.mean(0).max()), 4),
+                             "held_out_curve": [round(v, 4) for v in
+                                                per_prompt_bon(member[0], h, ns).mean(0).tolist()]}
     out["member_corr"] = [[round(pearson(member[i].flatten(), member[j].flatten()), 4) for j in range(len(member))]
                           for i in range(len(member))]
     out["seconds"] = round(time.time() - t0, 1)
@@ -138,6 +161,11 @@ def format_table(result: dict) -> str:
         vs_s = f"{vs['value']:+.3f} ({vs['lo']:+.3f}..{vs['hi']:+.3f})" if vs else "-"
         lines.append(f"{name:24s} {g['value']:+.3f} +- {g['se']:.3f}    {r['peak_gold']:+.3f} ({r['peak_n']:2d}) "
                      f"{r['drop_after_peak']:7.3f} {vs_s:>26s} {r['length_corr']:9.3f}")
+    if "early_stop" in result:
+        e = result["early_stop"]
+        lines.append(f"early stopping on {result['config']['held_out']}: N = {e['n']} (KL {e['kl']}), gold "
+                     f"{e['gold']['value']:+.3f} vs {e['gold_at_max_n']['value']:+.3f} at N = {result['config']['pool']} "
+                     f"(difference {e['vs_max_n']['value']:+.3f}, {e['vs_max_n']['lo']:+.3f}..{e['vs_max_n']['hi']:+.3f})")
     return "\n".join(lines)
 
 

@@ -146,7 +146,7 @@ class HackingMonitor:
     Wraps a `utils.MetricsLogger`: every row that has both `proxy_key` and `independent_key` (by
     default PPO's evaluation rows: `eval/scores` from the reward model being optimised and
     `eval/gold`, which a user without a gold reward fills with a held-out reward model passed as
-    `gold_fn`, e.g. an ensemble sibling) is added to two series; `hacking/flag` (0 or 1) is written
+    `gold_fn`, e.g. an ensemble sibling) is added to two series; `flag_key` (default `hacking/flag`, 0 or 1) is written
     into that row from `hacking_flags`, and the first firing prints one warning line.
 
         monitor = HackingMonitor(MetricsLogger("run/metrics.jsonl"), window=2, min_rise=0.02, min_fall=0.05)
@@ -155,13 +155,15 @@ class HackingMonitor:
     """
 
     def __init__(self, inner=None, proxy_key: str = "eval/scores", independent_key: str = "eval/gold",
-                 window: int = 2, min_rise: float = 0.0, min_fall: float = 0.0, warn: bool = True):
+                 window: int = 2, min_rise: float = 0.0, min_fall: float = 0.0, warn: bool = True,
+                 flag_key: str = "hacking/flag"):
         from ..utils import MetricsLogger
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.inner = inner if inner is not None else MetricsLogger()
         self.proxy_key, self.independent_key = proxy_key, independent_key
         self.window, self.min_rise, self.min_fall, self.warn = window, min_rise, min_fall, warn
+        self.flag_key = flag_key       # two monitors on two signals can wrap each other under different keys
         self.proxy: list[float] = []
         self.independent: list[float] = []
         self.steps: list = []
@@ -173,7 +175,7 @@ class HackingMonitor:
             self.independent.append(float(row[self.independent_key]))
             self.steps.append(row.get("step"))
             flag = hacking_flags(self.proxy, self.independent, self.window, self.min_rise, self.min_fall)[-1]
-            row = {**row, "hacking/flag": int(flag)}
+            row = {**row, self.flag_key: int(flag)}
             if flag and self.first_flag_step is None:
                 self.first_flag_step = row.get("step")
                 if self.warn:

@@ -64,6 +64,36 @@ def build_ensemble(seeds: tuple[int, ...] = (1, 2)) -> dict:
     return infos
 
 
+HELD_OUT = "review-rm-heldout"
+HELD_OUT_CONFIG = replace(SHIPPED, steps=150)
+"""150 steps x 32 pairs: about 5 epochs of the 1,000 prefs_test pairs (the 1/16 proxy of overopt.py sees 625 pairs
+for 150 steps)."""
+
+
+def build_held_out(cfg=HELD_OUT_CONFIG) -> dict:
+    """A reward model on data no other shipped reward model saw: review-sft + a fresh head trained on prefs_test.
+
+    It is the *independent signal* of early stopping and of the hacking monitor (`rl_bench.py`, notebook 09):
+    its errors are not review-rm's errors learned from the same pairs. Its held-out accuracy is measured on the
+    first 1,000 pairs of prefs_train, which it never saw (prefs_test is its training set: do not evaluate it there).
+    """
+    from ..zoo import load_split
+
+    tok = load_tokenizer()
+    train, test = load_split("reviews", "prefs_test"), load_split("reviews", "prefs_train")[:1000]
+    torch.manual_seed(cfg.seed)
+    rm = ScalarHeadModel.from_causal_lm("review-sft")
+    t0 = time.time()
+    log = train_reward_model(rm, tok, train, cfg, progress=True)
+    ev = evaluate_reward_model(rm, tok, test)
+    info = {"config": asdict(cfg), "base": "review-sft", "trained_on": "reviews/prefs_test (1,000 pairs)",
+            "parameters": count_parameters(rm), "train_minutes": round((time.time() - t0) / 60, 2),
+            "final_loss": log.series("loss")[-1],
+            "metrics": {"prefs_train[:1000]": {k: round(ev[k], 4) for k in _EVAL_KEYS}}}
+    _save(rm, tok, HELD_OUT, info)
+    return info["metrics"]
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     print(json.dumps(build_ensemble(), indent=2))

@@ -1,0 +1,183 @@
+"""`minirlhf judge` (evaluate or train a judge) and `minirlhf dpo --online --judge ...` (online DPO).
+
+    minirlhf judge --kind pairwise                 # the shipped review-judge: gold agreement, position and length bias
+    minirlhf judge --kind genrm                    # the shipped arith-genrm: within-prompt AUC and best-of-N
+    minirlhf judge --kind pairwise --train-steps 100 --name my-judge   # train a small one first, then evaluate it
+    minirlhf dpo --online --judge review-rm --iterations 3              # sample -> judge -> DPO, 3 rounds
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError, check_config
+from ..runs import finish, metrics_logger
+from ..utils import MetricsLogger
+
+JUDGE_KINDS = ("pairwise", "genrm")
+DEFAULT_JUDGE = {"pairwise": "review-judge", "genrm": "arith-genrm"}
+
+
+@dataclass
+class JudgeRunConfig:
+    """`minirlhf judge`: evaluate a generative judge on the built-in worlds (optionally train one first)."""
+
+    kind: str = "pairwise"
+    """pairwise (reviews: 'which is better, A or B?') or genrm (arithmetic: 'Is it right?' -> Y/N)."""
+    train_steps: int = 0
+    """0: evaluate `--model` (default the shipped judge); > 0: first fine-tune a judge this many SFT steps
+    from its backbone (review-sft / arith-sft-full) on gold-labelled rows, as `python -m minirlhf.zoo --only judges`."""
+    pairs: int = 400
+    """pairwise: held-out prefs_test pairs judged in both orders."""
+    prompts: int = 30
+    """genrm: held-out test prompts ..."""
+    samples: int = 16
+    """... each with this many arith-sft samples to rank (best-of-N up to this N)."""
+    seed: int = 0
+    """Seed of sampling."""
+
+    def validate(self) -> None:
+        check_config(self, at_least_1=("pairs", "prompts", "samples"), non_negative=("train_steps",),
+                     choices={"kind": JUDGE_KINDS})
+
+
+def judge_args(p):
+    p.add_argument("--model", default=None, help="the judge: a causal LM folder or built-in name "
+                   "(default: review-judge for --kind pairwise, arith-genrm for --kind genrm)")
+
+
+def _evaluate_pairwise(model, tok, cfg: JudgeRunConfig) -> dict:
+    from ..judges import pairwise
+    from ..worlds import reviews
+    from ..zoo import load_split
+
+    rows = load_split("reviews", "prefs_test")[:cfg.pairs]
+    ps, a, b = [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows]
+    ga = torch.tensor([reviews.gold_reward(p + x) for p, x in zip(ps, a)])
+    gb = torch.tensor([reviews.gold_reward(p + x) for p, x in zip(ps, b)])
+    both = pairwise.judge_both_orders(lambda p, x, y: pairwise.pairwise_probs(model, tok, p, x, y), ps, a, b)
+    la, lb = torch.tensor([len(x) for x in a]), torch.tensor([len(x) for x in b])
+    return {"gold_agreement_one_order": round(pairwise.gold_agreement(both["p_ab"], ga, gb), 4),
+            "gold_agreement_both_orders": round(pairwise.gold_agreement(both["p"], ga, gb), 4),
+            **{k: round(v, 4) for k, v in pairwise.position_bias(both["p_ab"], both["p_ba"]).items()},
+            "length_bias": round(pairwise.length_bias(both["p"], la, lb), 4),
+            "gold_length_correlation": round(pairwise.length_bias((ga > gb).double(), la, lb), 4)}
+
+
+def _evaluate_genrm(model, tok, cfg: JudgeRunConfig) -> dict:
+    from ..judges import verdict
+    from ..lm import generate
+    from ..models import load_model
+    from ..prm import best_of_n_curve, within_prompt_auc
+    from ..worlds.arithmetic import check_chain
+    from ..zoo import load_split
+
+    sft = load_model("arith-sft").eval()
+    prompts = [r["prompt"] for r in load_split("arithmetic", "test")[:cfg.prompts] for _ in range(cfg.samples)]
+    comps, _ = generate(sft, tok, prompts, 80, 1.0, generator=torch.Generator().manual_seed(cfg.seed), batch_size=512)
+    trace = torch.tensor([check_chain(p, c).trace_correct for p, c in zip(prompts, comps)]).view(cfg.prompts, -1)
+    s = verdict.verdict_scores(model, tok, prompts, comps).view(cfg.prompts, -1)
+    curve = best_of_n_curve(s, trace, [1, cfg.samples], seed=cfg.seed)
+    return {"within_prompt_trace_auc": round(within_prompt_auc(s, trace), 4),
+            "trace@1": round(curve[0], 4), f"trace@{cfg.samples}": round(curve[1], 4),
+            f"oracle@{cfg.samples}": round(trace.any(1).float().mean().item(), 4)}
+
+
+def run_judge(args, cfg: JudgeRunConfig) -> dict:
+    from ..models import load_model, load_tokenizer
+
+    tok = load_tokenizer()
+    t0 = time.time()
+    name = args.model or DEFAULT_JUDGE[cfg.kind]
+    if cfg.train_steps:
+        from ..judges.build import JudgeBuildConfig, train_genrm, train_review_judge
+
+        bcfg = JudgeBuildConfig(genrm_steps=cfg.train_steps, judge_steps=cfg.train_steps, seed=cfg.seed,
+                                genrm_samples=max(cfg.train_steps * 8, 256), judge_pairs=max(cfg.train_steps * 8, 256),
+                                judge_points=max(cfg.train_steps * 2, 64))
+        model = (train_review_judge if cfg.kind == "pairwise" else train_genrm)(bcfg, tok, args.model)[0]
+        name = f"{args.model or ('review-sft' if cfg.kind == 'pairwise' else 'arith-sft-full')} + {cfg.train_steps} SFT steps"
+    else:
+        model = load_model(name).eval()
+    metrics = (_evaluate_pairwise if cfg.kind == "pairwise" else _evaluate_genrm)(model, tok, cfg)
+    for k, v in metrics.items():
+        print(f"{k:32s} {v}")
+    summary = {"method": f"judge ({cfg.kind})", "model": name, **metrics, "seconds": round(time.time() - t0, 1)}
+    return finish(args, "judge", MetricsLogger(), summary, model if cfg.train_steps else None, tok)
+
+
+# ---------------------------------------------------------------------------------------------
+# dpo --online
+# ---------------------------------------------------------------------------------------------
+
+
+def online_dpo_args(p):
+    p.add_argument("--online", action="store_true", help="online DPO: each round the policy samples --k responses "
+                   "per prompt, --judge ranks them, DPO on best vs worst (Guo et al. 2024; Yuan et al. 2024)")
+    p.add_argument("--judge", default=None, help="with --online: review-rm (or any reward-model folder), rubric "
+                   "(the reviews checklist), review-judge (a generative pairwise judge, round robin) or gold")
+    p.add_argument("--iterations", type=int, default=None, help="with --online: rounds (default 3)")
+    p.add_argument("--k", type=int, default=None, help="with --online: responses per prompt (default 4)")
+    p.add_argument("--prompts-per-iteration", type=int, default=None, help="with --online: prompts per round (default 64)")
+
+
+def make_judge(name: str, tok, k: int = 4):
+    """A judge function (prompts, completions) -> scores (rows grouped k by k) from its name."""
+    from ..worlds.reviews import gold_rewards
+
+    if name == "gold":
+        return gold_rewards
+    if name == "rubric":
+        from ..judges.rubric import CHECKLIST, RubricScorer, fit_weights
+        from ..worlds import reviews
+        from ..zoo import load_split
+
+        texts = [r["prompt"] + r["completion"] for r in load_split("reviews", "sft")[:2000]]
+        rub, bias = fit_weights(CHECKLIST, texts, [reviews.gold_reward(t) for t in texts])
+        return RubricScorer(rub, bias)
+    if name.endswith("judge"):  # a generative pairwise judge (review-judge or a folder named *judge)
+        from ..judges import pairwise
+        from ..models import load_model
+
+        model = load_model(name).eval()
+        return lambda ps, cs: pairwise.group_scores_from_pairs(
+            lambda p, a, b: pairwise.pairwise_probs(model, tok, p, a, b), ps, cs, k)
+    from ..models import ScalarHeadModel
+    from ..reward_model import RewardModelScorer
+
+    return RewardModelScorer(ScalarHeadModel.from_pretrained(name).eval(), tok)
+
+
+def run_online_dpo(args, cfg) -> dict:
+    from ..judges.online_dpo import OnlineDPOConfig, online_dpo
+    from ..models import load_model, load_tokenizer
+    from ..worlds.reviews import gold_rewards
+    from ..zoo import load_split
+
+    if args.dataset is not None:
+        raise ConfigError("--online samples its own responses from the built-in reviews prompts; drop --dataset")
+    ocfg = OnlineDPOConfig(iterations=args.iterations or 3, k=args.k or 4,
+                           prompts_per_iteration=args.prompts_per_iteration or 64, dpo=cfg, seed=cfg.seed)
+    ocfg.validate()
+    model_name = args.model or "review-sft"
+    tok = load_tokenizer(model_name if args.model else "tokenizer")
+    judge = make_judge(args.judge or "review-rm", tok, ocfg.k)
+    policy, ref = load_model(model_name), load_model(model_name).eval()
+    prompts = [r["prompt"] for r in load_split("reviews", "prefs_train")]
+    evals = [r["prompt"] for r in load_split("reviews", "prompts_test")[:128]]
+    t0 = time.time()
+    log = online_dpo(policy, ref, tok, prompts, judge, ocfg, gold_fn=gold_rewards, eval_prompts=evals,
+                     logger=metrics_logger(args, "dpo-online", cfg))
+    for r in log.rows:
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
+    last = log.rows[-1]
+    summary = {"method": f"online {cfg.loss_type} (judge {args.judge or 'review-rm'}, k={ocfg.k})", "model": model_name,
+               "iterations": ocfg.iterations, "pairs": sum(r["pairs"] for r in log.rows),
+               "gold_reward": last.get("eval/gold"), "kl": last.get("eval/kl"),
+               "judge_gold_agreement": [round(r.get("judge_gold_agreement", float("nan")), 4) for r in log.rows],
+               "seconds": round(time.time() - t0, 1)}
+    return finish(args, "dpo-online", log, summary, policy, tok, ["eval/gold", "eval/kl", "judge_gold_agreement"],
+                  x="iteration")

@@ -1,0 +1,111 @@
+"""Rubric rewards: the reward is a weighted sum of named criteria, each scored by its own judge.
+
+Rubric-based rewards (Gunjal et al. 2025, "Rubrics as Rewards"; the checklists of Viswanathan et
+al. 2025) replace one holistic score by a list of things a good answer should do, each judged on
+its own, and combine them:
+
+    R(x, y) = sum_i w_i c_i(x, y)                                  c_i: criterion i's judge
+
+The reviews world's gold reward (`worlds/reviews.py`) *is* such a sum, so it gives the gold rubric:
+
+    criterion     judge c_i(y)                         gold weight
+    positive      2 tanh(sentiment / 2)                 1
+    no_repeats    -0.5 * (repeated adjectives)          1
+    concise       -0.25 * max(0, words - 14)            1
+    fluent        -2 * [not in the grammar]             1
+
+and with the gold weights `rubric_reward(GOLD_RUBRIC)` equals `gold_reward` exactly (a test pins it).
+
+A rubric written by someone who does *not* know the gold formula asks yes/no questions instead
+(`CHECKLIST`): is it positive, strongly positive, free of repetition, at most 14 words, grammatical?
+Each is a rule-based judge in {0, 1}; its weights are fitted to gold by least squares on samples
+(`fit_weights`), as one would calibrate a rubric against a few human scores. Unlike a learned
+reward model, no criterion can be pushed past its cap: piling on sentiment words stops paying once
+"strongly positive" is ticked, and every repetition or extra word costs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..worlds import reviews
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def repeated_adjectives(text: str) -> int:
+    adjs = [w for w in _words(text) if w in reviews.ADJECTIVES]
+    return len(adjs) - len(set(adjs))
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One line of a rubric: a name, the question it asks, and the judge that scores it."""
+
+    name: str
+    question: str
+    judge: Callable[[str], float]   # whole review text -> score
+    weight: float = 1.0
+
+
+GOLD_RUBRIC: tuple[Criterion, ...] = (
+    Criterion("positive", "How positive is it (saturating)?", lambda t: 2.0 * math.tanh(reviews.sentiment(t) / 2.0)),
+    Criterion("no_repeats", "Does it repeat an adjective?", lambda t: -0.5 * repeated_adjectives(t)),
+    Criterion("concise", "Does it ramble past 14 words?",
+              lambda t: -0.25 * max(0, len(_words(t)) - reviews.MAX_FLUENT_WORDS)),
+    Criterion("fluent", "Is it a sentence of the grammar?", lambda t: 0.0 if reviews.is_fluent(t) else -2.0),
+)
+
+CHECKLIST: tuple[Criterion, ...] = (  # yes/no questions, weights to be fitted (`fit_weights`)
+    Criterion("positive", "Is the overall sentiment positive?", lambda t: float(reviews.sentiment(t) > 0)),
+    Criterion("very_positive", "Is it strongly positive (sentiment >= 2)?", lambda t: float(reviews.sentiment(t) >= 2)),
+    Criterion("no_repeats", "Is every adjective used once?", lambda t: float(repeated_adjectives(t) == 0)),
+    Criterion("concise", "Is it at most 14 words?", lambda t: float(len(_words(t)) <= reviews.MAX_FLUENT_WORDS)),
+    Criterion("fluent", "Is it grammatical?", lambda t: float(reviews.is_fluent(t))),
+)
+
+
+def criteria_scores(rubric: tuple[Criterion, ...], texts: list[str]) -> torch.Tensor:
+    """Every criterion's judge on every text -> (N, C)."""
+    return torch.tensor([[c.judge(t) for c in rubric] for t in texts], dtype=torch.float64)
+
+
+def weighted_sum(scores: torch.Tensor, weights: torch.Tensor, bias: float = 0.0) -> torch.Tensor:
+    """R = bias + sum_i w_i c_i. scores (N, C), weights (C,) -> (N,)."""
+    return bias + scores @ weights.to(scores.dtype)
+
+
+def rubric_reward(rubric: tuple[Criterion, ...], texts: list[str], bias: float = 0.0) -> list[float]:
+    """The rubric's reward of whole texts: bias + sum_i weight_i * judge_i(text)."""
+    w = torch.tensor([c.weight for c in rubric], dtype=torch.float64)
+    return weighted_sum(criteria_scores(rubric, texts), w, bias).tolist()
+
+
+def fit_weights(rubric: tuple[Criterion, ...], texts: list[str], targets: list[float],
+                ridge: float = 1e-3) -> tuple[tuple[Criterion, ...], float]:
+    """Least-squares weights (and a bias) of the criteria against target scores (e.g. gold on a few
+    samples): min ||bias + C w - t||^2 + ridge ||w||^2. -> (the rubric with these weights, bias)."""
+    C = criteria_scores(rubric, texts)  # (N, C)
+    X = torch.cat([torch.ones(len(texts), 1, dtype=torch.float64), C], 1)  # (N, C + 1)
+    reg = ridge * torch.eye(X.shape[1], dtype=torch.float64)
+    reg[0, 0] = 0.0  # no penalty on the bias
+    sol = torch.linalg.solve(X.T @ X + reg, X.T @ torch.tensor(targets, dtype=torch.float64))
+    fitted = tuple(Criterion(c.name, c.question, c.judge, float(w)) for c, w in zip(rubric, sol[1:].tolist()))
+    return fitted, float(sol[0])
+
+
+class RubricScorer:
+    """A rubric as a reward function: scorer(prompts, completions) -> list[float] (as `RewardModelScorer`)."""
+
+    def __init__(self, rubric: tuple[Criterion, ...] = GOLD_RUBRIC, bias: float = 0.0):
+        self.rubric, self.bias = rubric, bias
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
+        return rubric_reward(self.rubric, [p + c for p, c in zip(prompts, completions)], self.bias)

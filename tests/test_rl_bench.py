@@ -1,0 +1,71 @@
+"""RL over-optimisation bench: gold at equal KL, early stopping, choosing N by a held-out reward model."""
+import math
+
+import pytest
+import torch
+
+from minirlhf.reward_hacking.rl_bench import EvalSignals, WithSignals, choose_n_by_held_out, early_stop, gold_at_kl
+
+
+def test_gold_at_kl_interpolates_by_hand():
+    kl, gold = [0.0, 2.0, 4.0], [0.0, 1.0, -1.0]
+    out = gold_at_kl(kl, gold, [0.0, 1.0, 3.0, 4.0])
+    assert out.tolist() == pytest.approx([0.0, 0.5, 0.0, -1.0])
+    assert math.isnan(gold_at_kl(kl, gold, [5.0])[0])                  # never extrapolated
+    assert math.isnan(gold_at_kl([1.0, 2.0], [0.0, 1.0], [0.5])[0])
+
+
+def test_gold_at_kl_uses_the_first_time_a_budget_is_spent():
+    # KL dips from 4 to 3 at the third evaluation: the running maximum keeps 4 there, so KL 4 maps to the
+    # first point that reached it (gold 2), and the dip's gold is a later point at the same budget
+    out = gold_at_kl([0.0, 4.0, 3.0, 6.0], [0.0, 2.0, 5.0, 8.0], [2.0, 4.0, 5.0])
+    assert out.tolist() == pytest.approx([1.0, 2.0, 6.5])
+
+
+def test_early_stop_by_hand():
+    assert early_stop([0.0, 1.0, 2.0, 1.5, 1.4, 3.0]) == 2        # two evaluations without a new best: stop, keep 2
+    assert early_stop([0.0, 1.0, 2.0, 1.5, 3.0, 2.0, 1.0], patience=3) == 4
+    assert early_stop([3.0, 2.0, 1.0]) == 0
+    assert early_stop([0.0, 1.0, 2.0, 3.0]) == 3                   # never stalls: the last
+    assert early_stop([0.0, 0.05, 0.08, 0.09], min_delta=0.1) == 0
+    with pytest.raises(ValueError):
+        early_stop([], 2)
+
+
+def test_choose_n_by_held_out():
+    # one prompt, 3 samples; the proxy ranks c > b > a; the held-out RM likes b best.
+    proxy = torch.tensor([[0.0, 1.0, 2.0]])
+    held = torch.tensor([[0.0, 3.0, 1.0]])
+    # E[held of the proxy's pick]: N=1: mean(0,3,1) = 4/3; N=2: pairs {a,b}->b 3, {a,c}->c 1, {b,c}->c 1: 5/3; N=3: c: 1
+    assert choose_n_by_held_out(proxy, held, [1, 2, 3]) == 2
+    assert choose_n_by_held_out(proxy, proxy, [1, 2, 3]) == 3        # the proxy judging itself never stops
+
+
+def test_eval_signals_score_only_the_evaluation_prompts():
+    calls = []
+    sig = EvalSignals(eval_prompts := ["the food was", "it was"], {"heldout": lambda p, c: calls.append(1) or [1.0, 3.0]})
+    sig(["the food was", "it was"], [" good .", " bad ."])          # a training batch: equal, not the same list
+    assert calls == [] and sig.pending == {}
+    gold = sig(eval_prompts, [" good .", " bad bad ."])
+    assert len(gold) == 2 and calls == [1]
+    assert sig.pending == {"eval/heldout": 2.0, "eval/length": 8.5}   # (7 + 10) / 2 characters
+
+    class Rows:
+        rows = []
+        def log(self, row):
+            self.rows.append(row)
+            return row
+    inj = WithSignals(Rows(), sig)
+    inj.log({"step": 0, "objective/kl": 1.0})
+    inj.log({"step": 0, "eval/gold": 0.5})
+    assert "eval/heldout" not in inj.rows[0] and inj.rows[1]["eval/heldout"] == 2.0
+
+
+def test_compare_at_equal_kl_by_hand():
+    from minirlhf.reward_hacking.rl_bench import compare_at_equal_kl
+    runs = {"single": {"kl": [0.0, 2.0, 4.0], "gold": [0.0, 1.0, 0.0]},
+            "defence": {"kl": [0.0, 1.0, 2.0], "gold": [0.0, 1.0, 1.5]}}
+    out = compare_at_equal_kl(runs, targets=(1.0, 2.0, 3.0))
+    assert out["gold"]["single"] == [0.5, 1.0, 0.5]
+    assert out["gold"]["defence"] == [1.0, 1.5, None]          # it never reached KL 3
+    assert out["vs_baseline"] == {"defence": [0.5, 0.5, None]}
