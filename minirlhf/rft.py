@@ -31,6 +31,7 @@ import torch
 
 from .errors import check_config
 from .lm import generate
+from .progress import ProgressBar
 from .sft import SFTConfig, train_sft
 from .utils import MetricsLogger, set_seed
 
@@ -116,8 +117,11 @@ def select_correct(prompts: list[str], completions: list[str], rewards: list[flo
 
 def train_rft(policy, tokenizer, prompts: list[str], reward_fn: RewardFn, cfg: RFTConfig = RFTConfig(),
               eval_fn: Callable[[object], dict] | None = None,
-              logger: MetricsLogger | None = None) -> MetricsLogger:
+              logger: MetricsLogger | None = None, progress: bool = False) -> MetricsLogger:
     """Train `policy` in place by rejection sampling + SFT; returns the log (one row per round).
+
+    progress: a progress bar (sample accuracy, rows kept, eval) and, at each evaluation, a few of the
+    round's kept samples.
 
     Logged per round: `samples`, `kept` (rows fine-tuned on), `reward/mean` (accuracy of the samples),
     `frac_prompts_solved` (prompts with at least one kept sample), `sft/loss` (last step); `eval/*`.
@@ -132,7 +136,9 @@ def train_rft(policy, tokenizer, prompts: list[str], reward_fn: RewardFn, cfg: R
     t0 = time.time()
     if eval_fn is not None:
         logger.log({"step": 0, **{f"eval/{k}": v for k, v in eval_fn(policy).items()}, "time": time.time() - t0})
-    for it in range(1, cfg.iterations + 1):
+    bar = ProgressBar(range(1, cfg.iterations + 1), "rft", {"reward/mean": "acc", "kept": "kept",
+                                                          "eval/accuracy": "eval_acc"}, logger, enabled=progress)
+    for it in bar:
         # 1. sample k completions for each of this round's prompts, from the current policy
         batch = []
         while len(batch) < cfg.prompts_per_iteration:
@@ -161,5 +167,8 @@ def train_rft(policy, tokenizer, prompts: list[str], reward_fn: RewardFn, cfg: R
         logger.log({**row, "time": time.time() - t0})
         if eval_fn is not None and cfg.eval_every and (it % cfg.eval_every == 0 or it == cfg.iterations):
             logger.log({"step": it, **{f"eval/{k}": v for k, v in eval_fn(policy).items()}, "time": time.time() - t0})
+        if rows and (it == cfg.iterations or (cfg.eval_every and it % cfg.eval_every == 0)):
+            bar.samples({"prompt": [r["prompt"] for r in rows], "kept completion": [r["completion"] for r in rows]},
+                        title=f"rft step {it}")
     policy.eval()
     return logger

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from minirlhf import dpo, grpo, ppo, sft
+from minirlhf import dpo, grpo, ppo, rft, sft
 from minirlhf.cli import main
 from minirlhf.errors import ConfigError
 from minirlhf.zoo import new_tiny_model
@@ -101,11 +101,18 @@ def run_ppo(tok, progress):
     return ppo.train_ppo(tiny(tok), tok, PROMPTS, length_reward, cfg, gold_fn=length_reward, progress=progress)[0]
 
 
+def run_rft(tok, progress):
+    cfg = rft.RFTConfig(iterations=1, prompts_per_iteration=2, samples_per_prompt=2, max_new_tokens=6, sft_steps=1,
+                        batch_size=2, correct_threshold=0.0)
+    return rft.train_rft(tiny(tok), tok, PROMPTS, length_reward, cfg, progress=progress)
+
+
 TRAINERS = {  # what each shows: its bar's label and postfix, and its sample table's columns
     "sft": (run_sft, "sft: 100%", "loss=", ["prompt", "completion", "gold"]),
     "dpo": (run_dpo, "dpo: 100%", "margin=", ["prompt", "chosen", "rejected", "r(chosen)", "r(rejected)"]),
     "grpo": (run_grpo, "grpo: 100%", "reward=", ["prompt", "completion", "reward", "advantage"]),
     "ppo": (run_ppo, "ppo: 100%", "kl=", ["prompt", "completion", "score", "gold"]),
+    "rft": (run_rft, "rft: 100%", "acc=", ["prompt", "kept completion"]),
 }
 
 
@@ -123,7 +130,7 @@ def test_trainer_shows_a_bar_and_samples_and_is_silent_without_progress(tok, cap
     err = capfd.readouterr().err
     assert bar in err and postfix in err, err
     assert table_headers(err, columns) == 1, err  # eval_every 0: one table, at the end
-    assert f"{name} step {2 if name == 'grpo' else 1}\n" in err  # its title names the last step (GRPO counts from 1)
+    assert f"{name} step {2 if name == 'grpo' else 1}\n" in err, err  # its title names the last step (GRPO counts from 1)
     # showing progress changes nothing: the same seed logs the same numbers
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
     assert strip(loud_log.rows) == strip(quiet_log.rows)

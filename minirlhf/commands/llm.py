@@ -273,7 +273,8 @@ def run_rft(args, cfg) -> dict:
     test = load_split("arithmetic", "test")[:ARITH_EVAL_ROWS]
     before = eval_arithmetic(policy, tok, test)["accuracy"]
     t0 = time.time()
-    log = train_rft(policy, tok, prompts, reward_fn, cfg, logger=metrics_logger(args, "rft", cfg))
+    log = train_rft(policy, tok, prompts, reward_fn, cfg, logger=metrics_logger(args, "rft", cfg),
+                    progress=show_progress(args))
     ood = load_split("arithmetic", "test_ood")[:ARITH_EVAL_ROWS]
     summary = {"method": "rft", "model": model_name, "reward": args.reward, "iterations": cfg.iterations,
                "samples": cfg.samples, "kept": sum(log.series("kept")), "seconds": round(time.time() - t0, 1),
