@@ -86,8 +86,8 @@ def _review_rows(seed: int) -> dict[str, dict]:
         return run
 
     def bon16_rubric():  # the checklist rubric of notebook 10, weights fitted to gold on 2,000 SFT reviews
-        from .commands.judges import make_judge
-        return bon16(make_judge("rubric", tok))
+        from .judges.rubric import fitted_checklist
+        return bon16(fitted_checklist())
 
     def online_dpo():  # 3 rounds: 64 prompts x 4 samples, review-rm picks best vs worst, DPO (notebook 10)
         from .judges.online_dpo import OnlineDPOConfig, online_dpo as run_online

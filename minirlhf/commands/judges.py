@@ -131,13 +131,8 @@ def make_judge(name: str, tok, k: int = 4):
     if name == "gold":
         return gold_rewards
     if name == "rubric":
-        from ..judges.rubric import CHECKLIST, RubricScorer, fit_weights
-        from ..worlds import reviews
-        from ..zoo import load_split
-
-        texts = [r["prompt"] + r["completion"] for r in load_split("reviews", "sft")[:2000]]
-        rub, bias = fit_weights(CHECKLIST, texts, [reviews.gold_reward(t) for t in texts])
-        return RubricScorer(rub, bias)
+        from ..judges.rubric import fitted_checklist
+        return fitted_checklist()
     if name.endswith("judge"):  # a generative pairwise judge (review-judge or a folder named *judge)
         from ..judges import pairwise
         from ..models import load_model

@@ -90,8 +90,9 @@ def train_genrm(cfg: JudgeBuildConfig, tok, backbone: str | None = None) -> tupl
 
     model = load_model(backbone or "arith-sft-full")
     start = held_out(model)
-    log = train_sft(model, tok, rows, SFTConfig(lr=cfg.genrm_lr, steps=cfg.genrm_steps, batch_size=cfg.batch_size, warmup_steps=20,
-                                                seed=cfg.seed, log_every=100),
+    sft_cfg = SFTConfig(lr=cfg.genrm_lr, steps=cfg.genrm_steps, batch_size=cfg.batch_size, warmup_steps=20,
+                        seed=cfg.seed, log_every=100)
+    log = train_sft(model, tok, rows, sft_cfg,
                     eval_fn=held_out, eval_every=200, progress=True)
     vals = [r for r in log.rows if "val" in r]
     info = {"backbone": "arith-sft-full", "generator": "arith-sft", "rows": len(rows),
@@ -131,8 +132,9 @@ def train_review_judge(cfg: JudgeBuildConfig, tok, backbone: str | None = None) 
                 **pairwise.position_bias(both["p_ab"], both["p_ba"])}
 
     model = load_model(backbone or "review-sft")
-    log = train_sft(model, tok, rows, SFTConfig(lr=cfg.judge_lr, steps=cfg.judge_steps, batch_size=cfg.batch_size, max_length=384, warmup_steps=20,
-                                                seed=cfg.seed, log_every=100),
+    sft_cfg = SFTConfig(lr=cfg.judge_lr, steps=cfg.judge_steps, batch_size=cfg.batch_size, max_length=384,
+                        warmup_steps=20, seed=cfg.seed, log_every=100)  # a few pairs of long reviews pass 256 tokens
+    log = train_sft(model, tok, rows, sft_cfg,
                     eval_fn=held_out, eval_every=100, progress=True)
     vals = [r for r in log.rows if "val" in r]
     info = {"backbone": "review-sft", "rows": len(rows),

@@ -109,3 +109,15 @@ class RubricScorer:
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
         return rubric_reward(self.rubric, [p + c for p, c in zip(prompts, completions)], self.bias)
+
+
+def fitted_checklist(n: int = 2000) -> RubricScorer:
+    """The checklist with weights fitted to gold on the first `n` SFT reviews of the built-in world, plus
+    every fourth of them with its final " ." cut (the grammar's samples are all fluent, so without broken
+    ones the "grammatical?" weight could not be fitted: notebook 10 fits on a policy's own samples instead)."""
+    from ..zoo import load_split
+
+    texts = [r["prompt"] + r["completion"] for r in load_split("reviews", "sft")[:n]]
+    texts += [t[:-2] for t in texts[::4]]
+    rub, bias = fit_weights(CHECKLIST, texts, [reviews.gold_reward(t) for t in texts])
+    return RubricScorer(rub, bias)
