@@ -153,7 +153,7 @@ BUILD_STEPS: dict[str, Callable[[], dict]] = {
     "rm-heldout": _lazy("minirlhf.reward_hacking.ensemble_build", "build_held_out"),  # an RM trained on prefs_test
     "diffusion": _lazy("minirlhf.diffusion.models", "build_shipped"),
     "arith-verifiers": _lazy("minirlhf.prm_build", "build_verifiers"),
-    "judges": _lazy("minirlhf.judges.build", "build_judges"),  # arith-genrm, review-judge (~1.5 CPU min each; 12 min wall each under load)
+    "judges": _lazy("minirlhf.judges.build", "build_judges"),  # arith-genrm, review-judge, review-self (~1.5, 1.5, 2.6 CPU min; 9-12 min wall each under load)
 }
 
 

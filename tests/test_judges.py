@@ -204,6 +204,59 @@ def test_online_loop_trains_on_the_judges_pairs(tok, monkeypatch):
     assert all("eval/kl" in r and "eval/gold" in r for r in log.rows)
 
 
+def test_self_judge_scores_with_a_frozen_snapshot_of_the_policy(tok):
+    """Self-rewarding: the judge is the policy itself, read through a copy in eval mode (no gradient
+    reaches the policy), and each call sees the policy as it is at that moment."""
+    policy = tiny(tok, 0).train()
+    seen = []
+
+    def question(model, tokenizer, prompts, completions):
+        seen.append(model)
+        assert model is not policy and not model.training
+        w = model.lm_head.weight if hasattr(model, "lm_head") else next(model.parameters())
+        return [w.sum().item() + len(c) for c in completions]
+
+    judge = online_dpo.self_judge(policy, tok, question)
+    first = judge(["p", "p"], [" a", " bbb"])
+    assert first[1] - first[0] == pytest.approx(2.0) and policy.training
+    with torch.no_grad():
+        for prm_ in policy.parameters():
+            prm_.add_(1.0)
+    second = judge(["p", "p"], [" a", " bbb"])
+    assert second[0] != pytest.approx(first[0])        # the next call reads the updated policy
+    assert len(seen) == 2 and seen[0] is not seen[1]
+
+
+def test_pointwise_probs_are_the_restricted_verdict_after_good(tok):
+    model = tiny(tok, 1).eval()
+    prompts, comps = ["the film was", "it is"], [" good .", " bad bad ."]
+    p = pairwise.pointwise_probs(model, tok, prompts, comps)
+    y, n = verdict.verdict_ids(tok)
+    for i in range(2):
+        ids = torch.tensor([tok(prompts[i] + comps[i] + pairwise.POINT_QUESTION, add_special_tokens=False)["input_ids"]])
+        z = model(input_ids=ids).logits[0, -1]
+        assert p[i].item() == pytest.approx(torch.sigmoid(z[y] - z[n]).item(), abs=1e-5)
+
+
+def test_value_at_kl_interpolates_on_the_last_crossing():
+    assert rubric.value_at_kl([0.0, 1.0, 3.0], [0.0, 2.0, 6.0], 2.0) == pytest.approx(4.0)
+    assert rubric.value_at_kl([0.0, 1.0, 3.0], [0.0, 2.0, 6.0], 0.5) == pytest.approx(1.0)
+    assert rubric.value_at_kl([0.0, 1.0, 3.0], [0.0, 2.0, 6.0], 3.0) == pytest.approx(6.0)
+    assert math.isnan(rubric.value_at_kl([0.0, 1.0, 3.0], [0.0, 2.0, 6.0], 5.0))  # never reached
+    # KL goes 0 -> 2 -> 1 -> 3: KL 1.5 is crossed three times; the last crossing (1 -> 3) is read: 10 + 0.25 * 10
+    assert rubric.value_at_kl([0.0, 2.0, 1.0, 3.0], [0.0, 4.0, 10.0, 20.0], 1.5) == pytest.approx(12.5)
+    with pytest.raises(ValueError, match="one of each"):
+        rubric.value_at_kl([0.0, 1.0], [0.0], 0.5)
+
+
+def test_gap_at_kl_by_hand():
+    # at KL 1.5: proxy 4 (gain 3, /sd 2 = 1.5), gold 1 (gain 1, /sd 0.5 = 2) -> gap 1.5 - 2 = -0.5
+    kls, proxy, gold = [0.0, 1.0, 2.0], [1.0, 3.0, 5.0], [0.0, 1.0, 1.0]
+    assert rubric.gap_at_kl(kls, proxy, gold, 1.5, proxy_sd=2.0, gold_sd=0.5) == pytest.approx(-0.5)
+    # a proxy that rises while gold falls: a positive gap (over-optimisation)
+    assert rubric.gap_at_kl(kls, proxy, [0.0, -1.0, -2.0], 2.0, 1.0, 1.0) == pytest.approx(4.0 + 2.0)
+
+
 def test_online_config_rejects_k_below_2():
     from minirlhf.errors import ConfigError
     with pytest.raises(ConfigError, match="--k"):

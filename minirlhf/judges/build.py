@@ -9,6 +9,10 @@
 * `review-judge`: `review-sft` fine-tuned on two questions at once: pairwise "Better? " -> 'A'/'B'
   on prefs_train pairs labelled by gold, in a random order (`pairwise.pairwise_rows`), and pointwise
   "Good? " -> 'Y'/'N' on SFT reviews, 'Y' iff gold > 0 (`pairwise.pointwise_rows`).
+* `review-self`: the same judge rows mixed with plain review SFT rows (Yuan et al. 2024's IFT + EFT
+  data), so that one model both writes reviews and judges them: the starting policy of
+  self-rewarding DPO (notebook 10, section 5). `review-judge` alone cannot serve: it forgets how to
+  write (gold -2.0, every sample off the grammar, KL 35 to review-sft on 128 test prompts).
 
 Both are plain causal LMs (0.2M parameters, ~0.8 MB); times are in each model's build_info.json.
 """
@@ -54,6 +58,10 @@ class JudgeBuildConfig:
     """SFT steps of review-judge."""
     judge_lr: float = 1e-3
     """Its peak learning rate (2e-3 was worse: agreement 0.50 after 300 of 900 steps)."""
+    self_sft_rows: int = 2500
+    """review-self: plain review SFT rows (from the end of the sft split) mixed into review-judge's rows."""
+    self_steps: int = 400
+    """review-self: SFT steps (more rows than review-judge, so more steps)."""
     batch_size: int = 32
     """Rows per SFT step (both judges)."""
     seed: int = 0
@@ -111,14 +119,18 @@ def build_genrm(cfg: JudgeBuildConfig, tok) -> dict:
     return info
 
 
-def train_review_judge(cfg: JudgeBuildConfig, tok, backbone: str | None = None) -> tuple[object, dict]:
-    """Gold-labelled pairwise + pointwise rows, SFT from `backbone` (default review-sft) -> (model, info)."""
+def train_review_judge(cfg: JudgeBuildConfig, tok, backbone: str | None = None,
+                       write_rows: int = 0, steps: int | None = None) -> tuple[object, dict]:
+    """Gold-labelled pairwise + pointwise rows, SFT from `backbone` (default review-sft) -> (model, info).
+    write_rows > 0 mixes in that many plain review SFT rows (prompt -> review; review-self)."""
     from ..zoo import load_split
 
     set_seed(cfg.seed)
     t0, c0 = time.time(), time.process_time()
     rows = pairwise.pairwise_rows(load_split("reviews", "prefs_train")[:cfg.judge_pairs], reviews.gold_reward, cfg.seed)
     rows += pairwise.pointwise_rows(load_split("reviews", "sft")[:cfg.judge_points], reviews.gold_reward)
+    if write_rows:
+        rows += [{"prompt": r["prompt"], "completion": r["completion"]} for r in load_split("reviews", "sft")[-write_rows:]]
     random.Random(cfg.seed).shuffle(rows)
     test = load_split("reviews", "prefs_test")[:400]
     ps, a, b = [r["prompt"] for r in test], [r["chosen"] for r in test], [r["rejected"] for r in test]
@@ -132,12 +144,12 @@ def train_review_judge(cfg: JudgeBuildConfig, tok, backbone: str | None = None) 
                 **pairwise.position_bias(both["p_ab"], both["p_ba"])}
 
     model = load_model(backbone or "review-sft")
-    sft_cfg = SFTConfig(lr=cfg.judge_lr, steps=cfg.judge_steps, batch_size=cfg.batch_size, max_length=384,
+    sft_cfg = SFTConfig(lr=cfg.judge_lr, steps=steps or cfg.judge_steps, batch_size=cfg.batch_size, max_length=384,
                         warmup_steps=20, seed=cfg.seed, log_every=100)  # a few pairs of long reviews pass 256 tokens
     log = train_sft(model, tok, rows, sft_cfg,
                     eval_fn=held_out, eval_every=100, progress=True)
     vals = [r for r in log.rows if "val" in r]
-    info = {"backbone": "review-sft", "rows": len(rows),
+    info = {"backbone": "review-sft", "rows": len(rows), "write_rows": write_rows,
             "held_out_gold_agreement_both_orders": [(r["step"] + 1, round(r["val"], 4)) for r in vals],
             "final": {k: round(vals[-1][k], 4) for k in ("val", "one_order", "position_bias", "order_flips", "first_slot")},
             "build_minutes": round((time.time() - t0) / 60, 2),
@@ -151,8 +163,22 @@ def build_review_judge(cfg: JudgeBuildConfig, tok) -> dict:
     return info
 
 
-def build_judges(cfg: JudgeBuildConfig | None = None, only: tuple[str, ...] = ("arith-genrm", "review-judge")) -> dict:
-    """Write data/models/arith-genrm and data/models/review-judge (see the module docstring)."""
+def build_review_self(cfg: JudgeBuildConfig, tok) -> dict:
+    """review-self: review-judge's rows + `cfg.self_sft_rows` review SFT rows, `cfg.self_steps` steps."""
+    from ..evaluate import sequence_kl
+    from ..zoo import load_split
+
+    model, info = train_review_judge(cfg, tok, write_rows=cfg.self_sft_rows, steps=cfg.self_steps)
+    ev = [r["prompt"] for r in load_split("reviews", "prompts_test")][:128]
+    w = sequence_kl(model.eval(), load_model("review-sft").eval(), tok, ev, 64, gold_fn=reviews.gold_rewards)
+    info["writes"] = {"gold_reward": w["gold_reward"], "kl_to_review_sft": w["kl"], "eval_prompts": len(ev)}
+    _save(model, tok, "review-self", info)
+    return info
+
+
+def build_judges(cfg: JudgeBuildConfig | None = None,
+                 only: tuple[str, ...] = ("arith-genrm", "review-judge", "review-self")) -> dict:
+    """Write data/models/arith-genrm, review-judge and review-self (see the module docstring)."""
     cfg = cfg or JudgeBuildConfig()
     tok = load_tokenizer()
     out = {}
@@ -160,6 +186,8 @@ def build_judges(cfg: JudgeBuildConfig | None = None, only: tuple[str, ...] = ("
         out["arith-genrm"] = build_genrm(cfg, tok)
     if "review-judge" in only:
         out["review-judge"] = build_review_judge(cfg, tok)
+    if "review-self" in only:
+        out["review-self"] = build_review_self(cfg, tok)
     return out
 
 
@@ -167,4 +195,4 @@ if __name__ == "__main__":
     import sys
 
     torch.set_num_threads(1)
-    print(json.dumps(build_judges(only=tuple(sys.argv[1:]) or ("arith-genrm", "review-judge")), indent=2))
+    print(json.dumps(build_judges(only=tuple(sys.argv[1:]) or ("arith-genrm", "review-judge", "review-self")), indent=2))

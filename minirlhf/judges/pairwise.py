@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..lm import encode_prompts, position_ids_from_mask
-from .verdict import verdict_prob, verdict_ids
+from .verdict import verdict_ids, verdict_prob, verdict_scores
 
 PAIR_QUESTION = "\nBetter? "   # the next token is 'A' or 'B'
 FIRST, SECOND = "A", "B"
@@ -86,6 +86,14 @@ def pairwise_probs(model, tokenizer, prompts: list[str], first: list[str], secon
         out.append(verdict_prob(logits, a_id, b_id, restrict=True).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def pointwise_probs(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 512) -> Tensor:
+    """p('Y' | prompt + completion + "Good? ") of a pointwise grader, restricted to {'Y', 'N'}. -> (B,).
+    A judge in `online_dpo`'s sense once wrapped: `online_dpo.self_judge(policy, tok, pointwise_probs)`."""
+    return verdict_scores(model, tokenizer, prompts, completions, restrict=True, batch_size=batch_size,
+                          question=POINT_QUESTION)
 
 
 def judge_both_orders(prob_fn: PairProbFn, prompts: list[str], a: list[str], b: list[str]) -> dict[str, Tensor]:

@@ -121,3 +121,34 @@ def fitted_checklist(n: int = 2000) -> RubricScorer:
     texts += [t[:-2] for t in texts[::4]]
     rub, bias = fit_weights(CHECKLIST, texts, [reviews.gold_reward(t) for t in texts])
     return RubricScorer(rub, bias)
+
+
+def value_at_kl(kls: list[float], values: list[float], target: float) -> float:
+    """A run's eval curve read at KL = `target`: linear interpolation on the *last* segment of the
+    curve (in training order) whose KL brackets `target`, i.e. the most trained policy seen at that KL
+    (KL is not monotone in training: an early overshoot is passed by); nan if the run never reaches it.
+    kls[i], values[i]: the i-th evaluation (KL to the reference, a reward)."""
+    if len(kls) != len(values):
+        raise ValueError(f"{len(kls)} KL values but {len(values)} rewards: one of each per evaluation")
+    for i in reversed(range(len(kls) - 1)):
+        k0, k1 = kls[i], kls[i + 1]
+        if min(k0, k1) <= target <= max(k0, k1):
+            if k1 == k0:
+                return float(values[i])
+            w = (target - k0) / (k1 - k0)
+            return float(values[i] + w * (values[i + 1] - values[i]))
+    if len(kls) == 1 and kls[0] == target:
+        return float(values[0])
+    return float("nan")
+
+
+def gap_at_kl(kls: list[float], proxy: list[float], gold: list[float], target: float,
+              proxy_sd: float, gold_sd: float) -> float:
+    """Over-optimisation gap of an RL run at equal KL, in standard deviations of the starting samples:
+
+        gap(KL) = (proxy(KL) - proxy(0)) / sd_proxy - (gold(KL) - gold(0)) / sd_gold
+
+    what the proxy believes was gained minus what gold confirms; evaluation 0 is the start. Read at
+    `target` by `value_at_kl`, so two runs against different proxies compare at the same KL."""
+    return ((value_at_kl(kls, proxy, target) - proxy[0]) / proxy_sd
+            - (value_at_kl(kls, gold, target) - gold[0]) / gold_sd)
