@@ -69,3 +69,18 @@ def test_compare_at_equal_kl_by_hand():
     assert out["gold"]["single"] == [0.5, 1.0, 0.5]
     assert out["gold"]["defence"] == [1.0, 1.5, None]          # it never reached KL 3
     assert out["vs_baseline"] == {"defence": [0.5, 0.5, None]}
+
+
+def test_run_curve_smoke():
+    """Two PPO steps from the shipped review-sft: every evaluation row carries KL, proxy, gold, the held-out
+    signal and the length, and the summary's fit and early stopping run on them."""
+    from minirlhf.reward_hacking.rl_bench import RLBenchConfig, run_curve, summarise_curve
+    torch.set_num_threads(1)
+    reward = lambda p, c: [float(len(x)) / 10 for x in c]             # a proxy that likes length
+    held = lambda p, c: [-float(len(x)) / 10 for x in c]              # a held-out signal that does not
+    c = run_curve(reward, RLBenchConfig(steps=2, eval_every=1, eval_prompts=4), {"heldout": held})
+    assert c["step"] == [0, 1, 2] and len(c["kl"]) == len(c["gold"]) == len(c["heldout"]) == len(c["length"]) == 3
+    assert c["kl"][0] == pytest.approx(0.0, abs=1e-4)                 # the first evaluation is the SFT policy itself
+    assert c["heldout"] == pytest.approx([-x / 10 for x in c["length"]], abs=1e-3)
+    s = summarise_curve(c)
+    assert s["gold_start"] == c["gold"][0] and s["stop_step"] in c["step"]

@@ -27,7 +27,8 @@ rising, and we report the gold there against the gold at the end. The same signa
 How this differs from Gao et al.: tiny models; a few dozen PPO steps; KL budgets are checkpoints
 along one run at a fixed small beta (the paper also reads points along runs); eval on 64 prompts.
 
-    python -m minirlhf.reward_hacking.rl_bench --seeds 0 1 2 --out runs/rl_bench   # ~10 min per seed, 1 thread
+    python -m minirlhf.reward_hacking.rl_bench --seeds 0 --out runs/rl_bench     # 10 PPO runs, 2-5 min each, 1 thread
+    python -m minirlhf.reward_hacking.rl_bench --out runs/rl_bench --collect docs/reward_hacking_rl.json
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def choose_n_by_held_out(proxy: Tensor, held_out: Tensor, ns: list[int]) -> int:
 
 @dataclass
 class RLBenchConfig:
-    """PPO against each reward, evaluated every few steps. Defaults: ~1 min per run on one CPU thread."""
+    """PPO against each reward, evaluated every few steps. Defaults: 2-5 min per run (1 thread, loaded 2-core CPU)."""
 
     steps: int = 40
     """PPO steps per run."""
@@ -117,7 +118,7 @@ class RLBenchConfig:
     eval_prompts: int = 64
     """Held-out prompts (prompts_test) per evaluation, one fresh seeded sample each."""
     length_alpha: float = 0.01
-    """Penalty per character of the length-penalised reward (review-rm's scores have std ~1; completions ~20-90 chars)."""
+    """Penalty per character of the length-penalised reward (review-rm's scores: std ~1; completions: ~20-90 chars)."""
     proxy_fractions: tuple[float, ...] = (0.0625, 0.25, 1.0)
     """Training-set fractions of the proxies (overopt.py's)."""
     proxy_steps: int = 150
@@ -198,7 +199,7 @@ def summarise_curve(c: dict, patience: int = 2) -> dict:
     fit = fit_rl_law(d, gain)
     i_peak = max(range(len(c["gold"])), key=c["gold"].__getitem__)
     i_stop = early_stop(c["heldout"], patience)
-    return {"alpha": fit["alpha"], "beta": fit["beta"], "r2": fit["r2"], "d_peak": fit["d_peak"], "r_peak": fit["r_peak"],
+    return {**{k: fit[k] for k in ("alpha", "beta", "r2", "d_peak", "r_peak")},
             "gold_start": c["gold"][0], "gold_peak": c["gold"][i_peak], "kl_at_peak": c["kl"][i_peak],
             "step_at_peak": c["step"][i_peak], "gold_end": c["gold"][-1], "kl_end": c["kl"][-1],
             "stop_step": c["step"][i_stop], "gold_at_stop": c["gold"][i_stop], "kl_at_stop": c["kl"][i_stop],
@@ -252,8 +253,9 @@ def _proxies(cfg: RLBenchConfig, cache: Path) -> dict[str, object]:
             train_reward_model(rm, tok, train[: int(len(train) * frac)], RewardConfig(steps=cfg.proxy_steps, seed=0))
             ev = evaluate_reward_model(rm, tok, test)
             rm.save_pretrained(path)
-            (path / "info.json").write_text(json.dumps({"pairs": int(len(train) * frac), "seconds": round(time.time() - t, 1),
-                                                        "accuracy": ev["accuracy"], "gold_accuracy": ev["gold_accuracy"]}))
+            meta = {"pairs": int(len(train) * frac), "seconds": round(time.time() - t, 1),
+                    "accuracy": ev["accuracy"], "gold_accuracy": ev["gold_accuracy"]}
+            (path / "info.json").write_text(json.dumps(meta))
         out[name] = ScalarHeadModel.from_pretrained(path).eval()
         info[name] = json.loads((path / "info.json").read_text())
     return out, info
@@ -268,7 +270,9 @@ def run_bench(cfg: RLBenchConfig, out_dir: Path, only: Sequence[str] = ()) -> di
     from .odin import ODIN
 
     tok = load_tokenizer()
-    scorer = lambda m: RewardModelScorer(m if isinstance(m, ScalarHeadModel) else ScalarHeadModel.from_pretrained(m).eval(), tok)  # noqa: E731
+    def scorer(m):
+        return RewardModelScorer(m if isinstance(m, ScalarHeadModel) else ScalarHeadModel.from_pretrained(m).eval(), tok)
+
     members = [scorer(m) for m in MEMBERS]
     test = load_split("reviews", "prefs_test")
     mu = sum(len(r["chosen"]) + len(r["rejected"]) for r in test) / (2 * len(test))
