@@ -29,7 +29,7 @@ from .errors import check_checkpointing, check_config
 from .lm import encode_pairs, token_logprobs
 from .progress import MAX_ROWS, ProgressBar, greedy_completions
 from .rl import masked_mean
-from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
+from .utils import MetricsLogger, dist_info, set_seed, wrap_ddp
 
 
 @dataclass

@@ -9,14 +9,8 @@ import torch
 from minirlhf.data import (encode_preference_batch, load_completions, load_preferences,
                            normalize_completion_row, normalize_preference_row, split_implicit_prompt)
 from minirlhf.lm import encode_pairs
-from minirlhf.models import load_tokenizer
 
 GSM8K = Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "gsm8k_test_300.jsonl"  # MIT, see LICENSE there
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 # --------------------------------------------------------------------------- implicit prompts

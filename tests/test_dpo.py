@@ -8,7 +8,6 @@ import torch
 
 from minirlhf import dpo
 from minirlhf.dpo import DPOConfig
-from minirlhf.models import load_tokenizer
 from minirlhf.zoo import new_tiny_model
 
 ROWS = [
@@ -25,11 +24,6 @@ def sig(x):
 
 def logsig(x):
     return math.log(sig(x))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 def tiny(tok, seed=0):

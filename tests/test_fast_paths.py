@@ -6,15 +6,9 @@ import torch
 
 from minirlhf import accumulate, grpo
 from minirlhf.grpo import preset, train_grpo
-from minirlhf.models import load_tokenizer
 from minirlhf.zoo import new_tiny_model
 
 PROMPTS = ["3 +4 *2\n", "5 -1\n", "7 *3 +2 -1\n", "0 +9\n"]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 def tiny_model(tok, seed=0):

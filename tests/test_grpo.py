@@ -8,14 +8,8 @@ import torch
 from minirlhf import grpo
 from minirlhf.grpo import (GRPOConfig, compute_advantages, dynamic_sampling_filter, format_reward,
                            grpo_loss, make_reference, overlong_penalty, pass_at_k, preset, train_grpo)
-from minirlhf.models import load_tokenizer
 from minirlhf.worlds.arithmetic import arithmetic_reward
 from minirlhf.zoo import new_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 def tiny_model(tok, seed=0):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minirlhf.lm import encode_pairs, last_token_index, token_logprobs
-from minirlhf.models import ScalarHeadModel, load_tokenizer
+from minirlhf.models import ScalarHeadModel
 from minirlhf.prm_rl import DenseRLConfig, dense_advantages, process_returns, train_dense_rl
 from minirlhf.prm import (VerifierConfig, aggregate_steps, auc, step_auc, best_of_n, best_of_n_curve, check_prm_row,
                           encode_steps, gather_steps, gold_step_labels, implicit_prm_loss,
@@ -19,11 +19,6 @@ from minirlhf.zoo import new_tiny_model
 PROMPT = "3 +4 *2 *0 +5\n"  # true running values 7, 4, 0, 5
 RIGHT = "3+4=7\n7*2=4\n4*0=0\n0+5=5\n#### 5"
 HIDDEN = "3+4=7\n7*2=5\n5*0=0\n0+5=5\n#### 5"  # wrong step 2, hidden by "*0": right answer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 def tiny(tok, seed=0):

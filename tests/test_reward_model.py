@@ -7,16 +7,11 @@ import pytest
 import torch
 
 from minirlhf.lm import encode_pairs
-from minirlhf.models import ScalarHeadModel, load_tokenizer
+from minirlhf.models import ScalarHeadModel
 from minirlhf.reward_model import (EnsembleScorer, RewardConfig, RewardModelScorer, best_of_n, best_of_n_weights,
                                    bon_curve, bradley_terry_loss, centering_loss, evaluate_reward_model,
                                    kl_best_of_n, reward_at_last_token, score_batch, train_reward_model)
 from minirlhf.zoo import new_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 def tiny_rm(tok, seed=0):

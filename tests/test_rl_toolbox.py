@@ -11,14 +11,8 @@ from minirlhf import rl
 from minirlhf.cli import build_config, build_parser
 from minirlhf.errors import ConfigError
 from minirlhf.grpo import GRPOConfig, compute_advantages, grpo_loss, pass_at_k, preset, token_advantages, train_grpo
-from minirlhf.models import load_tokenizer
 from minirlhf.rft import RFTConfig, budget_like, select_correct, train_rft
 from minirlhf.zoo import new_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 def tiny_model(tok, seed=0):

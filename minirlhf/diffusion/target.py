@@ -170,7 +170,6 @@ def smoothed_kl(x: Tensor, labels: Tensor, target: GridTarget, bandwidth: float 
     """KL(p*_h || q_h) per label, (L,) in nats: p*_h and q_h are p* and the samples' histogram, both
     convolved with the same Gaussian of width h and mixed with eps of uniform mass. x: (B, 2); labels: (B,)."""
     n = target.axis.numel()
-    L = target.probs.shape[0]
     uniform = 1.0 / (n * n)
     p = rearrange(_smooth(rearrange(target.probs, "l (i j) -> l i j", i=n), target.cell, bandwidth), "l i j -> l (i j)")
     q = rearrange(_smooth(rearrange(histogram(x.detach(), labels, target), "l (i j) -> l i j", i=n), target.cell,
