@@ -6,7 +6,9 @@ same way as its siblings:
 * reviews (preference world): gold reward and sequence KL(pi || review-sft) of one sample per
   held-out prompt (notebooks 02-04 go deeper);
 * arithmetic (verifiable world): greedy accuracy on held-out chains, in and out of
-  distribution, and KL(pi || arith-sft) (notebooks 05-06);
+  distribution, and KL(pi || arith-sft) (notebooks 05-06); pass@16 (32 samples at T = 1, 64 prompts)
+  for SFT, GRPO and pass@k training, whose point is pass@k; RFT samples as many completions as GRPO
+  (notebook 11, docs/rl_toolbox.md);
 * 2-D points (diffusion world): fraction of samples in the target box and path KL to the
   base model (notebook 07).
 
@@ -123,13 +125,30 @@ def _arith_rows(seed: int) -> dict[str, dict]:
                 "accuracy_ood": eval_arithmetic(policy, tok, ood)["accuracy"],
                 **sequence_kl(policy, ref, tok, [r["prompt"] for r in test])}
 
-    def variant(name, reward=arithmetic.arithmetic_trace_reward):
-        def run():  # the notebook-05 recipe: lr 1e-4 with warm-up, one update per batch
+    def pass_at_16(policy, n=32):  # unbiased pass@16 from 32 samples (T = 1) on 64 held-out prompts
+        prompts = [r["prompt"] for r in test[:64] for _ in range(n)]
+        comps, _ = generate(policy, tok, prompts, 64, temperature=1.0, generator=torch.Generator().manual_seed(seed),
+                            batch_size=512)
+        correct = arithmetic.arithmetic_trace_reward(prompts, comps)
+        counts = [int(sum(correct[i:i + n])) for i in range(0, len(prompts), n)]
+        return {"pass_at_16": round(sum(grpo.pass_at_k(n, c, 16) for c in counts) / len(counts), 4)}
+
+    def grpo_config(name, **overrides):  # the notebook-05 recipe: lr 1e-4 with warm-up, one update per batch
+        return grpo.preset(name, **{"seed": seed, "lr": 1e-4, "warmup_steps": 10, "mu": 1, "steps": 60,
+                                    "eval_every": 0, **overrides})
+
+    def variant(name, reward=arithmetic.arithmetic_trace_reward, with_pass_at_16=False, **overrides):
+        def run():
             policy = load_model("arith-sft")
-            grpo.train_grpo(policy, tok, train_prompts, [reward],
-                            grpo.preset(name, seed=seed, lr=1e-4, warmup_steps=10, mu=1, steps=60, eval_every=0))
-            return evaluate(policy.eval())
+            grpo.train_grpo(policy, tok, train_prompts, [reward], grpo_config(name, **overrides))
+            return {**evaluate(policy.eval()), **(pass_at_16(policy) if with_pass_at_16 else {})}
         return run
+
+    def rft():  # rejection-sampling fine-tuning with the GRPO rows' samples: 4 rounds x 240 prompts x 8 = 7,680
+        from .rft import budget_like, train_rft
+        policy = load_model("arith-sft")
+        train_rft(policy, tok, train_prompts, arithmetic.arithmetic_trace_reward, budget_like(grpo_config("grpo")))
+        return evaluate(policy.eval())
 
     def best_of_16(verifier_name):
         def run():  # pick 1 of 16 samples (T = 1) per prompt on 50 held-out prompts
@@ -154,10 +173,13 @@ def _arith_rows(seed: int) -> dict[str, dict]:
                     "kl": round(float(torch.log(torch.tensor(n)) - (n - 1) / n), 4)}
         return run
 
-    return {"SFT (arith-sft)": lambda: evaluate(ref),
+    return {"SFT (arith-sft)": lambda: {**evaluate(ref), **pass_at_16(ref)},
             "GRPO, answer reward": variant("grpo", arithmetic.arithmetic_reward),
-            "GRPO, trace reward": variant("grpo"), "Dr. GRPO": variant("dr_grpo"),
+            "GRPO, trace reward": variant("grpo", with_pass_at_16=True), "Dr. GRPO": variant("dr_grpo"),
             "DAPO": variant("dapo"), "RLOO": variant("rloo"),
+            # pass@k training (Chen et al. 2025; k 4, beta 0): same pass@1 as GRPO, higher pass@16 (docs/rl_toolbox.md)
+            "GRPO, pass@k advantages (k 4)": variant("pass_at_k", with_pass_at_16=True),
+            "RFT (rejection sampling + SFT, same samples)": rft,
             "best-of-16 (arith-orm)": best_of_16("arith-orm"),
             "best-of-16 (arith-prm-gold, min)": best_of_16("arith-prm-gold"),
             "best-of-16 (arith-genrm)": best_of_16("arith-genrm")}
@@ -211,8 +233,8 @@ def _diffusion_rows(seed: int) -> dict[str, dict]:
 
 
 def _table(results: dict[str, dict]) -> str:
-    cols = ["gold_reward", "accuracy", "trace_accuracy", "accuracy_ood", "box_reward", "distance_to_target", "kl",
-            "seconds"]
+    cols = ["gold_reward", "accuracy", "trace_accuracy", "accuracy_ood", "pass_at_16", "box_reward",
+            "distance_to_target", "kl", "seconds"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
         cells = [("" if r.get(c) is None else f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols]

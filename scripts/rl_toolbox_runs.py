@@ -1,48 +1,127 @@
-"""Script runs behind docs/rl_toolbox.md's "Notebook 11" section (issue 18, items 1 and 5): too slow for a notebook.
+"""Script runs behind docs/rl_toolbox.md's "Notebook 11" section (issue 18, items 1, 3, 4, 5): too slow for a notebook.
 
     python scripts/rl_toolbox_runs.py reinforce_pp SEED   # GRPO (beta 0.04) vs REINFORCE++, 80 steps x 16 x 8, lr 1e-4
     python scripts/rl_toolbox_runs.py passk SEED          # GRPO (beta 0) vs pass@k training (k 4), + pass@k on 64 test prompts
+    python scripts/rl_toolbox_runs.py entropy SEED        # GRPO vs entropy bonus, Clip-Cov, KL-Cov, forking tokens (60 steps)
+    python scripts/rl_toolbox_runs.py offpolicy SEED      # stale rollouts (2, 4) and sampler T 0.7, with/without TIS, CISPO
 
 From arith-sft with the trace reward, one torch thread; prints one JSON line per run and a FINAL line with the paired
-bootstraps over the 500 test chains (and the 64 pass@k prompts). About 80-100 s of CPU per job.
+bootstraps over the 500 test chains (and the 64 pass@k prompts). reinforce_pp / passk: about 80-100 s of CPU per job;
+entropy and offpolicy: 5 and 7 runs of 60 steps x 16 x 8 (about 35 s of CPU each, plus pass@k for entropy).
 """
-import time, sys, json, statistics, torch
-torch.set_num_threads(1)
-from minirlhf.models import load_model, load_tokenizer
-from minirlhf.zoo import load_split
+import json
+import statistics
+import sys
+import time
+
+import torch
+
 from minirlhf.evaluate import eval_arithmetic
-from minirlhf.worlds.arithmetic import arithmetic_trace_reward
-from minirlhf.grpo import preset, train_grpo, pass_at_k
+from minirlhf.grpo import pass_at_k, preset, train_grpo
 from minirlhf.lm import generate
+from minirlhf.models import load_model, load_tokenizer
 from minirlhf.stats import paired_bootstrap
-if len(sys.argv) != 3 or sys.argv[1] not in ("reinforce_pp", "passk") or not sys.argv[2].isdigit():
-    sys.exit("usage: python scripts/rl_toolbox_runs.py reinforce_pp|passk SEED")
-job=sys.argv[1]; seed=int(sys.argv[2])
-tok=load_tokenizer()
-train=[r["prompt"] for r in load_split("arithmetic","train")]
-test=load_split("arithmetic","test")
-def pp(m):
-    res=[r for _,_,r in eval_arithmetic(m,tok,test,return_samples=True)["samples"]]
-    return [float(r.answer_correct) for r in res],[float(r.trace_correct) for r in res]
-def passk(m, n=32, K=(1,4,16,32)):
-    prompts=[r["prompt"] for r in test[:64]]; rep=[p for p in prompts for _ in range(n)]
-    comp,_=generate(m,tok,rep,64,1.0,generator=torch.Generator().manual_seed(123+seed))
-    corr=arithmetic_trace_reward(rep,comp); c=[int(sum(corr[i*n:(i+1)*n])) for i in range(64)]
-    return {k:[pass_at_k(n,ci,k) for ci in c] for k in K}
-sa,st=pp(load_model("arith-sft"))
-out={"job":job,"seed":seed,"sft_trace":statistics.mean(st)}
-runs={"reinforce_pp":[("grpo",dict(beta=0.04)),("reinforce_pp",dict())],"passk":[("grpo",dict(beta=0.0)),("pass_at_k",dict(beta=0.0))]}[job]
-res={}
-for v,kw in runs:
-    m=load_model("arith-sft"); c=time.process_time()
-    train_grpo(m,tok,train,[arithmetic_trace_reward],preset(v,lr=1e-4,warmup_steps=10,mu=1,steps=80,eval_every=0,seed=seed,**kw))
-    a,t=pp(m); res[v]=(a,t,m)
-    out[v]={"trace":statistics.mean(t),"answer":statistics.mean(a),"gain":str(paired_bootstrap(t,st)),"cpu":time.process_time()-c}
-    print(json.dumps(out),flush=True)
-(v1,(a1,t1,m1)),(v2,(a2,t2,m2))=res.items()
-out["diff_trace_%s_minus_%s"%(v2,v1)]=str(paired_bootstrap(t2,t1))
-if job=="passk":
-    P={"sft":passk(load_model("arith-sft")),v1:passk(m1),v2:passk(m2)}
-    out["passk"]={w:{k:statistics.mean(x) for k,x in d.items()} for w,d in P.items()}
-    for k in (1,16): out[f"pass{k}_{v2}_minus_{v1}"]=str(paired_bootstrap(P[v2][k],P[v1][k]))
-print("FINAL",json.dumps(out),flush=True)
+from minirlhf.worlds.arithmetic import arithmetic_trace_reward
+from minirlhf.zoo import load_split
+
+torch.set_num_threads(1)
+
+# each job: (name, preset, overrides) runs, all from arith-sft with the notebook-05 recipe below
+JOBS = {
+    "reinforce_pp": [("grpo", "grpo", dict(beta=0.04)), ("reinforce_pp", "reinforce_pp", dict())],
+    "passk": [("grpo", "grpo", dict(beta=0.0)), ("pass_at_k", "pass_at_k", dict(beta=0.0))],
+    # item 3: each entropy tool added to the same GRPO run (beta 0, the per-sequence token mean of the grpo preset)
+    "entropy": [("grpo", "grpo", dict(beta=0.0)),
+                ("entropy_bonus_0.1", "grpo", dict(beta=0.0, entropy_coef=0.1)),
+                ("clip_cov", "grpo", dict(beta=0.0, cov_method="clip_cov", cov_ratio=0.02)),
+                ("kl_cov_mu2", "grpo", dict(beta=0.0, cov_method="kl_cov", cov_ratio=0.02, mu=2)),
+                ("forking_top0.2", "grpo", dict(beta=0.0, entropy_top_frac=0.2))],
+    # item 4: the sampler is not the trainer
+    "offpolicy": [("on_policy", "grpo", dict(beta=0.0)),
+                  ("stale_2", "grpo", dict(beta=0.0, staleness=2)),
+                  ("stale_4", "grpo", dict(beta=0.0, staleness=4)),
+                  ("stale_4_tis", "grpo", dict(beta=0.0, staleness=4, is_correction="tis", is_cap=2.0)),
+                  ("sampler_T0.7", "grpo", dict(beta=0.0, sampler_temperature=0.7)),
+                  ("sampler_T0.7_tis", "grpo", dict(beta=0.0, sampler_temperature=0.7, is_correction="tis", is_cap=2.0)),
+                  ("sampler_T0.7_cispo_tis", "cispo", dict(beta=0.0, sampler_temperature=0.7, is_correction="tis",
+                                                           is_cap=2.0))],
+}
+STEPS = {"reinforce_pp": 80, "passk": 80, "entropy": 60, "offpolicy": 60}
+WITH_PASS_AT_K = ("passk", "entropy")
+
+if len(sys.argv) != 3 or sys.argv[1] not in JOBS or not sys.argv[2].isdigit():
+    sys.exit(f"usage: python scripts/rl_toolbox_runs.py {'|'.join(JOBS)} SEED")
+job, seed = sys.argv[1], int(sys.argv[2])
+tokenizer = load_tokenizer()
+train_prompts = [r["prompt"] for r in load_split("arithmetic", "train")]
+test = load_split("arithmetic", "test")
+
+
+def per_prompt(model):
+    """Greedy (answer, trace) correctness per held-out chain, as two lists of 0/1 (for paired bootstraps)."""
+    results = [r for _, _, r in eval_arithmetic(model, tokenizer, test, return_samples=True)["samples"]]
+    return [float(r.answer_correct) for r in results], [float(r.trace_correct) for r in results]
+
+
+def pass_at_ks(model, n=32, ks=(1, 4, 16, 32)):
+    """Unbiased pass@k per prompt from n samples at T = 1 on the first 64 test prompts: {k: [64 values]}."""
+    prompts = [r["prompt"] for r in test[:64]]
+    repeated = [p for p in prompts for _ in range(n)]
+    completions, _ = generate(model, tokenizer, repeated, 64, 1.0, generator=torch.Generator().manual_seed(123 + seed))
+    correct = arithmetic_trace_reward(repeated, completions)
+    counts = [int(sum(correct[i * n:(i + 1) * n])) for i in range(len(prompts))]
+    return {k: [pass_at_k(n, c, k) for c in counts] for k in ks}
+
+
+def summarise_log(rows):
+    """Entropy at the start and end, and the off-policy ratio statistics, from train_grpo's per-step rows."""
+    steps = [r for r in rows if "entropy" in r]
+    out = {"entropy_start": statistics.mean(r["entropy"] for r in steps[:3]),
+           "entropy_end": statistics.mean(r["entropy"] for r in steps[-5:]),
+           "train_reward_end": statistics.mean(r["reward/mean"] for r in steps[-5:])}
+    offpolicy = [r for r in steps if "offpolicy/ratio_max_dev" in r]
+    if offpolicy:
+        # the first step whose sampler differs (stale: step k + 1; another temperature: step 1)
+        first = next((r for r in offpolicy if r["offpolicy/ratio_max_dev"] > 1e-4), offpolicy[0])
+        out["first_offpolicy_step"] = first["step"]
+        out["ratio_max_dev_first"] = first["offpolicy/ratio_max_dev"]
+        out["ratio_max_dev_mean"] = statistics.mean(r["offpolicy/ratio_max_dev"] for r in offpolicy)
+        out["ratio_mean_mean"] = statistics.mean(r["offpolicy/ratio_mean"] for r in offpolicy)
+        if "offpolicy/frac_truncated" in offpolicy[0]:
+            out["frac_truncated_mean"] = statistics.mean(r["offpolicy/frac_truncated"] for r in offpolicy)
+    return out
+
+
+sft = load_model("arith-sft")
+sft_answer, sft_trace = per_prompt(sft)
+out = {"job": job, "seed": seed, "steps": STEPS[job], "sft_trace": statistics.mean(sft_trace),
+       "sft_answer": statistics.mean(sft_answer)}
+if job in WITH_PASS_AT_K:
+    passk = {"sft": pass_at_ks(sft)}
+    out["sft"] = {f"pass@{k}": statistics.mean(v) for k, v in passk["sft"].items()}
+traces = {}
+for name, variant, overrides in JOBS[job]:
+    policy = load_model("arith-sft")
+    cpu = time.process_time()
+    cfg = preset(variant, **{"lr": 1e-4, "warmup_steps": 10, "mu": 1, "steps": STEPS[job], "eval_every": 0,
+                             "seed": seed, **overrides})
+    log = train_grpo(policy, tokenizer, train_prompts, [arithmetic_trace_reward], cfg)
+    answer, trace = per_prompt(policy)
+    traces[name] = trace
+    result = {"trace": statistics.mean(trace), "answer": statistics.mean(answer),
+              "gain_vs_sft": str(paired_bootstrap(trace, sft_trace)), **summarise_log(log.rows)}
+    if job in WITH_PASS_AT_K:
+        passk[name] = pass_at_ks(policy)
+        result.update({f"pass@{k}": statistics.mean(v) for k, v in passk[name].items()})
+    result["cpu"] = time.process_time() - cpu
+    out[name] = result
+    print(json.dumps({name: result}), flush=True)
+
+baseline = JOBS[job][0][0]
+for name in traces:
+    if name != baseline:
+        out[f"trace_{name}_minus_{baseline}"] = str(paired_bootstrap(traces[name], traces[baseline]))
+        if job in WITH_PASS_AT_K:
+            for k in (1, 16):
+                out[f"pass{k}_{name}_minus_{baseline}"] = str(paired_bootstrap(passk[name][k], passk[baseline][k]))
+print("FINAL", json.dumps(out), flush=True)
