@@ -87,6 +87,28 @@ def test_monitor_fires_only_when_proxy_rises_and_the_independent_signal_falls():
         hacking_flags([1.0], [1.0, 2.0])
 
 
+def test_monitor_on_a_rising_warning_sign():
+    # direction="rises": the independent signal (an ensemble's spread) should stay low; it fires when it grows
+    proxy = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    spread = [0.10, 0.10, 0.12, 0.30, 0.50, 0.50]
+    # window 1: rises 0, 0.02, 0.18, 0.20, 0 -> with min_fall 0.05 fires at 3 and 4 only
+    assert hacking_flags(proxy, spread, window=1, min_fall=0.05, direction="rises") == \
+        [False, False, False, True, True, False]
+    # the same series read as "falls" never fires (it never falls), and a falling spread never fires "rises"
+    assert not any(hacking_flags(proxy, spread, window=1, min_fall=0.05))
+    assert not any(hacking_flags(proxy, spread[::-1], window=1, direction="rises"))
+    # the proxy must still rise: a flat proxy with a rising spread is not hacking
+    assert not any(hacking_flags([1.0] * 6, spread, window=1, direction="rises"))
+    with pytest.raises(ValueError, match="direction"):
+        hacking_flags(proxy, spread, direction="up")
+
+
+def test_ensemble_spread_by_hand():
+    # members score (1, 3), (3, 3), (2, 3): per-sample std (unbiased=False) = sqrt(2/3) and 0
+    ens = EnsembleReward([lambda p, c: [1.0, 3.0], lambda p, c: [3.0, 3.0], lambda p, c: [2.0, 3.0]])
+    assert ens.spread(["a", "b"], ["x", "y"]) == pytest.approx([(2 / 3) ** 0.5, 0.0])
+
+
 def test_defence_bench_pieces_by_hand():
     from minirlhf.errors import ConfigError
     from minirlhf.reward_hacking.defence_bench import DefenceBenchConfig, fit_length_slope, per_prompt_bon
@@ -132,3 +154,15 @@ def test_two_monitors_on_two_signals_keep_separate_flags():
     assert on_held.series("hacking/flag_heldout") == [0, 0, 1, 1]
     assert on_held.series("hacking/flag") == [0, 0, 0, 1]
     assert (on_held.first_flag_step, on_gold.first_flag_step) == (2, 3)
+
+
+def test_hacking_monitor_rises_mode_on_the_spread():
+    from minirlhf.reward_hacking.defences import HackingMonitor
+
+    mon = HackingMonitor(independent_key="eval/spread", window=1, min_fall=0.05, warn=False, direction="rises")
+    for step, (p, sp) in enumerate([(0.0, 0.2), (0.5, 0.21), (1.0, 0.4), (1.5, 0.3)]):
+        mon.log({"step": step, "eval/scores": p, "eval/spread": sp})
+    assert mon.series("hacking/flag") == [0, 0, 1, 0]      # spread +0.19 at step 2; falls at step 3
+    assert mon.first_flag_step == 2
+    with pytest.raises(ValueError, match="direction"):
+        HackingMonitor(direction="down")

@@ -48,7 +48,10 @@ def test_eval_signals_score_only_the_evaluation_prompts():
     assert calls == [] and sig.pending == {}
     gold = sig(eval_prompts, [" good .", " bad bad ."])
     assert len(gold) == 2 and calls == [1]
-    assert sig.pending == {"eval/heldout": 2.0, "eval/length": 8.5}   # (7 + 10) / 2 characters
+    assert sig.pending == {"eval/heldout": 2.0, "eval/length": 8.5,   # (7 + 10) / 2 characters
+                           "eval/distinct": 1.0}                        # two different samples of two
+    sig(eval_prompts, [" good .", " good ."])
+    assert sig.pending["eval/distinct"] == 0.5                          # the policy collapsed onto one text
 
     class Rows:
         rows = []
@@ -84,3 +87,36 @@ def test_run_curve_smoke():
     assert c["heldout"] == pytest.approx([-x / 10 for x in c["length"]], abs=1e-3)
     s = summarise_curve(c)
     assert s["gold_start"] == c["gold"][0] and s["stop_step"] in c["step"]
+
+
+def test_repetition_rate_by_hand():
+    from minirlhf.reward_hacking.rl_bench import repetition_rate
+    # 8 words, 5 distinct (the movie was good ,) -> 3 / 8 repeat; no repetition -> 0; empty -> 0
+    assert repetition_rate(["p"] * 3, ["the movie was good , the movie was", "it was fine .", ""]) == \
+        pytest.approx([3 / 8, 0.0, 0.0])
+
+
+def test_monitor_first_flags_per_signal_by_hand():
+    from minirlhf.reward_hacking.rl_bench import monitor_first_flags
+    c = {"step": [0, 4, 8, 12], "proxy": [0.0, 1.0, 2.0, 3.0],
+         "gold": [0.0, 1.0, 0.5, 0.0],           # window 1: falls 0.5 at step 8
+         "spread": [0.10, 0.10, 0.105, 0.13],    # rises 0.005 (< 0.01) at 8, 0.025 at 12
+         "distinct": [1.0, 0.9, 0.9, 0.9]}       # falls 0.1 at step 4
+    assert monitor_first_flags(c, window=1) == {"gold": 8, "spread": 12, "distinct": 4}
+    c["proxy"] = [0.0, 0.0, 0.0, 0.0]            # the proxy never rises: nothing fires
+    assert monitor_first_flags(c, window=1) == {"gold": None, "spread": None, "distinct": None}
+
+
+def test_pooled_rl_fit_recovers_the_law_from_two_runs():
+    import math
+    from minirlhf.reward_hacking.overopt import rl_law
+    from minirlhf.reward_hacking.rl_bench import pooled_rl_fit
+    # two runs on the same law (alpha 1.5, beta 0.8) from different starting golds and KL grids
+    runs = []
+    for start, kls in ((-0.8, [0.0, 1.0, 3.0, 6.0, 10.0]), (0.2, [0.0, 2.0, 4.0, 8.0, 20.0])):
+        d = torch.tensor(kls, dtype=torch.float64).sqrt()
+        runs.append({"kl": kls, "gold": (start + rl_law(d, 1.5, 0.8)).tolist()})
+    fit = pooled_rl_fit(runs)
+    assert fit["points"] == 10 and fit["r2"] == pytest.approx(1.0)
+    assert (fit["alpha"], fit["beta"]) == (pytest.approx(1.5), pytest.approx(0.8))
+    assert fit["d_peak"] == pytest.approx(math.exp(1.5 / 0.8 - 1))

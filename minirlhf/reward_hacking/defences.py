@@ -16,7 +16,8 @@ any scalar reward model (the shipped `review-rm`, its seed siblings, or a Huggin
   `pearson` to report an RM's correlation with length before and after.
 * `hacking_flags`: the monitor. At evaluation i it fires when, over the last `window` evaluations,
   the proxy reward rose by more than `min_rise` while an independent signal (a held-out reward
-  model, an ensemble's spread, or, in this world, gold) fell by more than `min_fall`.
+  model, or, in this world, gold) fell by more than `min_fall`, or (direction="rises") a warning
+  sign such as an ensemble's spread rose by more than `min_fall`.
 
 Measured on the reviews world in `docs/reward_hacking.md`.
 """
@@ -65,6 +66,10 @@ class EnsembleReward:
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
         return ensemble_reward(self.member_scores(prompts, completions), self.method, self.lam).tolist()
+
+    def spread(self, prompts: list[str], completions: list[str]) -> list[float]:
+        """The members' disagreement on each sample: std_k r_k (unbiased=False), (B,) as a list."""
+        return self.member_scores(prompts, completions).std(0, unbiased=False).tolist()
 
 
 def warm_average(state_dicts: Sequence[Mapping[str, Tensor]], weights: Sequence[float] | None = None) -> dict[str, Tensor]:
@@ -123,16 +128,21 @@ def pearson(x: Sequence[float] | Tensor, y: Sequence[float] | Tensor) -> float:
 
 
 def hacking_flags(proxy: Sequence[float], independent: Sequence[float], window: int = 2,
-                  min_rise: float = 0.0, min_fall: float = 0.0) -> list[bool]:
+                  min_rise: float = 0.0, min_fall: float = 0.0, direction: str = "falls") -> list[bool]:
     """flags[i] is True when proxy[i] - proxy[i - window] > min_rise and
     independent[i] - independent[i - window] < -min_fall: the proxy keeps climbing while what it
-    was meant to measure falls. The first `window` evaluations are never flagged."""
+    was meant to measure falls. With direction="rises" the independent signal is a warning sign
+    that should stay low (an ensemble's spread, a repetition rate): it must *rise* by more than
+    `min_fall` instead. The first `window` evaluations are never flagged."""
     if len(proxy) != len(independent):
         raise ValueError(f"proxy and independent need equal lengths, got {len(proxy)} and {len(independent)}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
+    if direction not in ("falls", "rises"):
+        raise ValueError(f"direction must be 'falls' or 'rises', got {direction!r}")
+    sign = 1.0 if direction == "falls" else -1.0      # flip a rising warning sign into a falling one
     return [i >= window and proxy[i] - proxy[i - window] > min_rise
-            and independent[i] - independent[i - window] < -min_fall for i in range(len(proxy))]
+            and sign * (independent[i] - independent[i - window]) < -min_fall for i in range(len(proxy))]
 
 
 def first_flag(flags: Sequence[bool]) -> int | None:
@@ -156,10 +166,12 @@ class HackingMonitor:
 
     def __init__(self, inner=None, proxy_key: str = "eval/scores", independent_key: str = "eval/gold",
                  window: int = 2, min_rise: float = 0.0, min_fall: float = 0.0, warn: bool = True,
-                 flag_key: str = "hacking/flag"):
+                 flag_key: str = "hacking/flag", direction: str = "falls"):
         from ..utils import MetricsLogger
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
+        hacking_flags([], [], window, direction=direction)            # validates direction now
+        self.direction = direction     # "rises": the independent signal is a warning sign (ensemble spread)
         self.inner = inner if inner is not None else MetricsLogger()
         self.proxy_key, self.independent_key = proxy_key, independent_key
         self.window, self.min_rise, self.min_fall, self.warn = window, min_rise, min_fall, warn
@@ -174,7 +186,8 @@ class HackingMonitor:
             self.proxy.append(float(row[self.proxy_key]))
             self.independent.append(float(row[self.independent_key]))
             self.steps.append(row.get("step"))
-            flag = hacking_flags(self.proxy, self.independent, self.window, self.min_rise, self.min_fall)[-1]
+            flag = hacking_flags(self.proxy, self.independent, self.window, self.min_rise, self.min_fall,
+                                 self.direction)[-1]
             row = {**row, self.flag_key: int(flag)}
             if flag and self.first_flag_step is None:
                 self.first_flag_step = row.get("step")

@@ -3,7 +3,8 @@
 Best-of-N gives every selection rule the same KL for free (`defence_bench.py`); RL does not: each
 reward drives the policy to its own KL. So each run is evaluated along the way (every `eval_every`
 steps on held-out prompts: sequence KL to review-sft, the proxy, the gold reward, and held-out
-reward models), and runs are compared at **equal KL** by interpolating each run's gold at common
+reward models, the spread of the review-rm / -s1 / -s2 ensemble, ODIN's quality head, the
+repetition rate and the share of distinct samples), and runs are compared at **equal KL** by interpolating each run's gold at common
 KL values (`gold_at_kl`). Gao et al. (2023, Eq. 2) fit R_RL(d) = d (alpha - beta log d) to the
 (d = sqrt(KL), gold gain) points of a run (`overopt.fit_rl_law`).
 
@@ -29,6 +30,9 @@ along one run at a fixed small beta (the paper also reads points along runs); ev
 
     python -m minirlhf.reward_hacking.rl_bench --seeds 0 --out runs/rl_bench     # 10 PPO runs, 2-5 min each, 1 thread
     python -m minirlhf.reward_hacking.rl_bench --out runs/rl_bench --collect docs/reward_hacking_rl.json
+
+`--collect` also refits the RL law per reward over its seeds (`pooled_rl_fit`) and replays the hacking monitor
+on every recorded signal (`monitor_first_flags`; the ensemble's spread with direction="rises").
 """
 from __future__ import annotations
 
@@ -143,7 +147,18 @@ class EvalSignals:
         if prompts is self.eval_prompts:
             self.pending = {f"eval/{k}": sum(fn(prompts, completions)) / len(prompts) for k, fn in self.signals.items()}
             self.pending["eval/length"] = sum(map(len, completions)) / len(completions)
+            self.pending["eval/distinct"] = len(set(completions)) / len(completions)   # mode collapse: falls
         return self.gold(prompts, completions)
+
+
+def repetition_rate(prompts: list[str], completions: list[str]) -> list[float]:
+    """A hack detector that needs no gold and no model: the share of each completion's words that
+    repeat an earlier word of it, 1 - distinct / total (0 for no words). -> (B,) as a list."""
+    out = []
+    for c in completions:
+        w = c.split()
+        out.append(1.0 - len(set(w)) / len(w) if w else 0.0)
+    return out
 
 
 class WithSignals:
@@ -186,7 +201,7 @@ def run_curve(reward: RewardFn, cfg: RLBenchConfig, signals: dict[str, RewardFn]
            "proxy": [round(r["eval/scores"], 4) for r in ev], "gold": [round(r["eval/gold"], 4) for r in ev],
            "flag": [r.get("hacking/flag", 0) for r in ev], "first_flag_step": monitor.first_flag_step,
            "seconds": round(time.time() - t0, 1)}
-    for k in (*signals, "length"):
+    for k in (*signals, "length", "distinct"):
         out[k] = [round(r[f"eval/{k}"], 4) for r in ev]
     return out
 
@@ -204,6 +219,36 @@ def summarise_curve(c: dict, patience: int = 2) -> dict:
             "step_at_peak": c["step"][i_peak], "gold_end": c["gold"][-1], "kl_end": c["kl"][-1],
             "stop_step": c["step"][i_stop], "gold_at_stop": c["gold"][i_stop], "kl_at_stop": c["kl"][i_stop],
             "stop_minus_end": c["gold"][i_stop] - c["gold"][-1]}
+
+
+def pooled_rl_fit(curves: Sequence[dict]) -> dict:
+    """Gao et al.'s R_RL(d) fitted to the (sqrt KL, gold gain) points of several runs of one reward (the seeds)
+    pooled, each run's gain measured from its own start. -> overopt.fit_rl_law's dict plus `points`."""
+    from .overopt import fit_rl_law
+    if not curves:
+        raise ValueError("pooled_rl_fit needs at least one run")
+    d = torch.cat([torch.tensor(c["kl"], dtype=torch.float64).clamp(min=0).sqrt() for c in curves])
+    gain = torch.cat([torch.tensor(c["gold"], dtype=torch.float64) - c["gold"][0] for c in curves])
+    return {**fit_rl_law(d, gain), "points": int(d.numel())}
+
+
+MONITOR_SIGNALS = {"gold": ("falls", 0.05), "heldout": ("falls", 0.05), "sibling": ("falls", 0.05),
+                   "spread": ("rises", 0.01), "odin": ("falls", 0.05), "repetition": ("rises", 0.05),
+                   "distinct": ("falls", 0.05)}
+"""Each evaluation signal a monitor can watch: the direction that means trouble and the change over the window
+that counts (the spread of review-rm / -s1 / -s2 is ~0.1-0.2 on these samples, so 0.01 for it)."""
+
+
+def monitor_first_flags(c: dict, window: int = 2, min_rise: float = 0.02) -> dict:
+    """Post hoc, for one run's curves: the first step where `hacking_flags` fires with each signal of
+    `MONITOR_SIGNALS` the run recorded (None: never). -> {signal: step or None}"""
+    from .defences import first_flag, hacking_flags
+    out = {}
+    for name, (direction, change) in MONITOR_SIGNALS.items():
+        if name in c:
+            i = first_flag(hacking_flags(c["proxy"], c[name], window, min_rise, change, direction))
+            out[name] = None if i is None else c["step"][i]
+    return out
 
 
 def compare_at_equal_kl(runs: dict[str, dict], baseline: str = "single",
@@ -224,9 +269,16 @@ def collect(out_dir: Path) -> dict:
     for path in sorted(Path(out_dir).glob("seed*.json")):
         res = json.loads(path.read_text())
         res["equal_kl"] = compare_at_equal_kl(res["runs"]) if "single" in res["runs"] else None
+        for c in res["runs"].values():
+            c["monitor_first_flag"] = monitor_first_flags(c, res["config"]["monitor_window"])
         seeds[path.stem.removeprefix("seed")] = res
+    names = dict.fromkeys(n for res in seeds.values() for n in res["runs"])
+    pooled = {}
+    for n in names:
+        runs = {s: res["runs"][n] for s, res in seeds.items() if n in res["runs"]}
+        pooled[n] = {"seeds": sorted(runs), **pooled_rl_fit(list(runs.values()))}
     return {"what": "rl_bench.py: PPO (beta 0.01, lr 3e-4) against proxies and defended rewards, scored by gold",
-            "seeds": seeds}
+            "seeds": seeds, "rl_law_pooled_over_seeds": pooled}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +335,9 @@ def run_bench(cfg: RLBenchConfig, out_dir: Path, only: Sequence[str] = ()) -> di
                "ensemble uwo": lambda: EnsembleReward(members, "uwo", 1.0),
                **{f"proxy {f:g}": (lambda f=f: scorer(_proxies(cfg, out_dir / "proxies")[0][f"proxy {f:g}"]))
                   for f in cfg.proxy_fractions}}       # built when their run starts (the proxies train then)
-    signals = {"heldout": scorer(HELD_OUT), "sibling": members[1]}
+    signals = {"heldout": scorer(HELD_OUT), "sibling": members[1],
+               "spread": EnsembleReward(members).spread,       # review-rm, -s1, -s2 disagreeing: rises
+               "odin": scorer(ODIN), "repetition": repetition_rate}
     res = {"config": asdict(cfg), "length_center": mu, "runs": {}}
     path = out_dir / f"seed{cfg.seed}.json"
     if path.is_file():
