@@ -154,6 +154,7 @@ BUILD_STEPS: dict[str, Callable[[], dict]] = {
     "diffusion": _lazy("minirlhf.diffusion.models", "build_shipped"),
     "arith-verifiers": _lazy("minirlhf.prm_build", "build_verifiers"),
     "judges": _lazy("minirlhf.judges.build", "build_judges"),  # arith-genrm, review-judge, review-self (~1.5, 1.5, 2.6 CPU min; 9-12 min wall each under load)
+    "genrm-cot": _lazy("minirlhf.judges.build", "build_genrm_cot"),  # arith-genrm-cot: the written check, then the verdict
 }
 
 

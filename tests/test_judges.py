@@ -64,6 +64,54 @@ def test_verdict_rows_use_the_checker():
     assert [r["completion"] for r in cot] == ["all steps right\nY", "step 2 wrong\nN", "step 2 wrong\nN"]
 
 
+def test_parse_check_and_its_accuracy_by_hand():
+    assert verdict.parse_check("all steps right\nY") is None
+    assert verdict.parse_check("step 12 wrong\n") == 12
+    assert verdict.parse_check("step two wrong") == "other" and verdict.parse_check("all steps rightY") == "other"
+    prompts = ["3 +4 *2\n"] * 4
+    comps = ["3+4=7\n7*2=4\n#### 4", "3+4=7\n7*2=5\n#### 5", "3+4=7\n7*2=5\n#### 5", "3+4=8\n8*2=6\n#### 6"]
+    # gold first wrong step: None, 2, 2, 1
+    checks = ["all steps right\n", "step 2 wrong\n", "step 1 wrong\n", "garbage\n"]
+    acc = verdict.check_accuracy(checks, prompts, comps)
+    assert acc == {"exact": 2 / 4, "verdict": 3 / 4, "step_on_wrong": 1 / 3, "right_on_right": 1.0, "off_grammar": 1 / 4,
+                   "mode_step_on_wrong": 2 / 3}  # always "step 2" would be right on 2 of the 3 wrong chains
+
+
+def test_first_token_scores_compare_all_against_step(tok):
+    model = tiny(tok, seed=1).eval()
+    prompts, comps = ["3 +4\n", "2 *3 -1\n"], ["3+4=7\n#### 7", "2*3=6\n6-1=5\n#### 5"]
+    s = verdict.first_token_scores(model, tok, prompts, comps)
+    a, st = verdict.verdict_ids(tok, "a", "s")
+    for i in range(2):
+        ids = torch.tensor([tok(verdict.verifier_prompt(prompts[i], comps[i]), add_special_tokens=False)["input_ids"]])
+        z = model(input_ids=ids).logits[0, -1]
+        assert s[i].item() == pytest.approx(torch.sigmoid(z[a] - z[st]).item(), abs=1e-5)
+
+
+def test_cot_scores_read_the_verdict_after_each_check(tok):
+    model = tiny(tok, seed=2).eval()
+    prompts, comps = ["3 +4\n", "2 *3 -1\n"], ["3+4=7\n#### 7", "2*3=6\n6-1=5\n#### 5"]
+    s, checks = verdict.cot_verdict_samples(model, tok, prompts, comps, 3, max_check_tokens=6,
+                                            generator=torch.Generator().manual_seed(0))
+    assert s.shape == (2, 3) and len(checks) == 6 and all(c.endswith("\n") and c.count("\n") == 1 for c in checks)
+    y, n = verdict.verdict_ids(tok)
+    for i in range(2):
+        for j in range(3):  # p(Y) over {Y, N} after problem + solution + question + the j-th check, unpadded
+            text = verdict.verifier_prompt(prompts[i], comps[i]) + checks[3 * i + j]
+            z = model(input_ids=torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])).logits[0, -1]
+            assert s[i, j].item() == pytest.approx(torch.sigmoid(z[y] - z[n]).item(), abs=1e-5)
+    mean = verdict.cot_verdict_scores(model, tok, prompts, comps, 3, max_check_tokens=6,
+                                      generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(mean, s.mean(-1))  # the same draws, averaged
+
+
+def test_genrm_cot_is_its_own_zoo_step():
+    from minirlhf import zoo
+
+    steps = list(zoo.BUILD_STEPS)
+    assert "genrm-cot" in steps and steps.index("genrm-cot") > steps.index("arith-sft-full")  # after its backbone
+
+
 # --- pairwise judging ---------------------------------------------------------------------------------
 
 def test_both_orders_average_and_position_bias_by_hand():

@@ -6,6 +6,9 @@
   samples of arith-sft (T = 1, train prompts), the verdict being the checker's whole-trace label
   (`verdict.verdict_rows`). The same backbone and the same kind of samples as the shipped ORM and
   gold PRM (`prm_build.py`), at a small fraction of their 3,500 updates.
+* `arith-genrm-cot` (`build_genrm_cot`, its own zoo step `genrm-cot`, not part of `build_judges`): the same samples,
+  steps and backbone, each row's target the written check first, then the verdict ("step 2 wrong\\nN" /
+  "all steps right\\nY", `verdict.rationale`): generative chain-of-thought verification (docs/judges.md).
 * `review-judge`: `review-sft` fine-tuned on two questions at once: pairwise "Better? " -> 'A'/'B'
   on prefs_train pairs labelled by gold, in a random order (`pairwise.pairwise_rows`), and pointwise
   "Good? " -> 'Y'/'N' on SFT reviews, 'Y' iff gold > 0 (`pairwise.pointwise_rows`).
@@ -75,8 +78,11 @@ def _save(model, tok, name: str, info: dict) -> None:
     (out / "build_info.json").write_text(json.dumps({"name": name, **info}, indent=2))
 
 
-def train_genrm(cfg: JudgeBuildConfig, tok, backbone: str | None = None) -> tuple[object, dict]:
-    """Sample, label by the checker, SFT the verifier from `backbone` (default arith-sft-full) -> (model, info)."""
+def train_genrm(cfg: JudgeBuildConfig, tok, backbone: str | None = None,
+                with_rationale: bool = False) -> tuple[object, dict]:
+    """Sample, label by the checker, SFT the verifier from `backbone` (default arith-sft-full) -> (model, info).
+    with_rationale: the rows are GenRM-CoT's ("step k wrong\nN" / "all steps right\nY"), and the held-out AUC
+    reads the check's first token (`verdict.first_token_scores`) instead of the verdict."""
     from ..lm import generate
     from ..zoo import load_split
 
@@ -86,13 +92,13 @@ def train_genrm(cfg: JudgeBuildConfig, tok, backbone: str | None = None) -> tupl
     train = load_split("arithmetic", "train")
     prompts = [train[i]["prompt"] for i in torch.randint(len(train), (cfg.genrm_samples,), generator=g).tolist()]
     comps, _ = generate(sft, tok, prompts, 64, temperature=1.0, generator=g, batch_size=512)
-    rows = verdict.verdict_rows(prompts, comps)
+    rows = verdict.verdict_rows(prompts, comps, with_rationale=with_rationale)
     dev_p = [r["prompt"] for r in load_split("arithmetic", "dev")[:cfg.dev_prompts] for _ in range(cfg.dev_samples)]
     dev_c, _ = generate(sft, tok, dev_p, 64, temperature=1.0, generator=g, batch_size=512)
     dev_trace = torch.tensor([check_chain(p, c).trace_correct for p, c in zip(dev_p, dev_c)])
 
     def held_out(m):
-        s = verdict.verdict_scores(m, tok, dev_p, dev_c)
+        s = (verdict.first_token_scores if with_rationale else verdict.verdict_scores)(m, tok, dev_p, dev_c)
         return {"val": within_prompt_auc(s.view(-1, cfg.dev_samples), dev_trace.view(-1, cfg.dev_samples)),
                 "pooled_auc": auc(s, dev_trace)}
 
@@ -104,7 +110,7 @@ def train_genrm(cfg: JudgeBuildConfig, tok, backbone: str | None = None) -> tupl
                     eval_fn=held_out, eval_every=200, progress=True)
     vals = [r for r in log.rows if "val" in r]
     info = {"backbone": "arith-sft-full", "generator": "arith-sft", "rows": len(rows),
-            "label_rate_Y": sum(r["completion"] == "Y" for r in rows) / len(rows),
+            "label_rate_Y": sum(r["completion"].endswith(verdict.YES) for r in rows) / len(rows),
             "held_out_within_prompt_auc": [(r["step"] + 1, round(r["val"], 4)) for r in vals],
             "held_out_pooled_auc": [(r["step"] + 1, round(r["pooled_auc"], 4)) for r in vals],
             "start_within_prompt_auc": round(start["val"], 4),
@@ -116,6 +122,16 @@ def train_genrm(cfg: JudgeBuildConfig, tok, backbone: str | None = None) -> tupl
 def build_genrm(cfg: JudgeBuildConfig, tok) -> dict:
     model, info = train_genrm(cfg, tok)
     _save(model, tok, "arith-genrm", info)
+    return info
+
+
+def build_genrm_cot(cfg: JudgeBuildConfig | None = None, tok=None) -> dict:
+    """`arith-genrm-cot`: arith-genrm's samples, steps and backbone, the rows with the written check first
+    (GenRM-CoT). Callable alone: `python -m minirlhf.zoo --only genrm-cot`."""
+    cfg, tok = cfg or JudgeBuildConfig(), tok or load_tokenizer()
+    model, info = train_genrm(cfg, tok, with_rationale=True)
+    _save(model, tok, "arith-genrm-cot", {**info, "rows_format": "problem + solution + question -> 'step k wrong\\nN'"
+                                          " / 'all steps right\\nY' (verdict.rationale)"})
     return info
 
 

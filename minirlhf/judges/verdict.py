@@ -26,6 +26,8 @@ its reward is p(Y) after a sampled check, averaged over several samples (test-ti
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,6 +37,7 @@ from ..prm import gold_step_labels
 
 QUESTION = "\nIs it right? "   # appended after the solution; the next token is the verdict
 YES, NO = "Y", "N"             # single characters of the built-in tokenizer
+ALL_RIGHT = "all steps right"  # the written check of a right chain; a wrong one's is "step k wrong"
 
 
 def verdict_ids(tokenizer, yes: str = YES, no: str = NO) -> tuple[int, int]:
@@ -74,7 +77,38 @@ def first_wrong_step(prompt: str, completion: str) -> int | None:
 def rationale(prompt: str, completion: str) -> str:
     """The written check of GenRM-CoT: which step is wrong, then the verdict on its own line."""
     k = first_wrong_step(prompt, completion)
-    return ("all steps right\n" + YES) if k is None else (f"step {k} wrong\n" + NO)
+    return (ALL_RIGHT + "\n" + YES) if k is None else (f"step {k} wrong\n" + NO)
+
+
+def parse_check(check: str) -> int | None | str:
+    """A written check -> the step it names (int), None for "all steps right", or "other" (off the grammar)."""
+    line = check.split("\n")[0].strip()
+    if line == ALL_RIGHT:
+        return None
+    m = re.fullmatch(r"step (\d+) wrong", line)
+    return int(m.group(1)) if m else "other"
+
+
+def check_accuracy(checks: list[str], prompts: list[str], completions: list[str]) -> dict[str, float]:
+    """How well written checks locate the first wrong step (gold: `first_wrong_step`).
+
+    exact: the check is the gold one (names the first wrong step, or says all right on a right chain);
+    verdict: it says "all right" on a right chain, names some step on a wrong one;
+    step_on_wrong: among wrong chains, it names the first wrong step; right_on_right: among right chains, it
+    says all right; off_grammar: neither form; mode_step_on_wrong: the baseline of a check that always names the
+    most frequent first wrong step of these wrong chains.
+    """
+    said = [parse_check(c) for c in checks]
+    gold = [first_wrong_step(p, c) for p, c in zip(prompts, completions)]
+    wrong = [(s, y) for s, y in zip(said, gold) if y is not None]
+    right = [s for s, y in zip(said, gold) if y is None]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {"exact": mean([s == y for s, y in zip(said, gold)]),
+            "verdict": mean([s is None if y is None else isinstance(s, int) for s, y in zip(said, gold)]),
+            "step_on_wrong": mean([s == y for s, y in wrong]), "right_on_right": mean([s is None for s in right]),
+            "off_grammar": mean([s == "other" for s in said]),
+            "mode_step_on_wrong": max((sum(y == k for _, y in wrong) for _, k in wrong), default=0) / len(wrong)
+            if wrong else float("nan")}
 
 
 def verdict_rows(prompts: list[str], completions: list[str], labels: list[bool] | None = None,
@@ -95,9 +129,14 @@ def verdict_rows(prompts: list[str], completions: list[str], labels: list[bool] 
 
 @torch.no_grad()
 def verdict_scores(model, tokenizer, prompts: list[str], completions: list[str], restrict: bool = False,
-                   batch_size: int = 512, question: str = QUESTION) -> Tensor:
-    """p(Y | problem, solution, question) for each solution -> (N,). One forward pass, no sampling."""
-    yes_id, no_id = verdict_ids(tokenizer)
+                   batch_size: int = 512, question: str = QUESTION, yes: str = YES, no: str = NO) -> Tensor:
+    """p(Y | problem, solution, question) for each solution -> (N,). One forward pass, no sampling.
+
+    yes, no: the two tokens compared. For GenRM-CoT, yes="a", no="s" reads the first token of the written
+    check ("all steps right" vs "step k wrong") = p(the check says all right), restricted to the two:
+    the limit of `cot_verdict_scores` as n_samples grows, when the verdict follows its check (see `first_token_scores`).
+    """
+    yes_id, no_id = verdict_ids(tokenizer, yes, no)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -112,13 +151,21 @@ def verdict_scores(model, tokenizer, prompts: list[str], completions: list[str],
     return torch.cat(out) if out else torch.zeros(0)
 
 
-@torch.no_grad()
-def cot_verdict_scores(model, tokenizer, prompts: list[str], completions: list[str], n_samples: int = 4,
-                       temperature: float = 1.0, max_check_tokens: int = 24, restrict: bool = True,
-                       generator: torch.Generator | None = None) -> Tensor:
-    """GenRM-CoT with majority-style averaging: sample `n_samples` written checks per solution, read
-    p(Y) after each check, average -> (N,). The check ends at its newline; the verdict is read there.
+def first_token_scores(model, tokenizer, prompts: list[str], completions: list[str]) -> Tensor:
+    """GenRM-CoT without sampling: p(the written check starts "all steps right") over {'a', 's'} -> (N,).
+
+    A sampled check starts with 'a' with this probability, and after training its verdict is Y after
+    "all steps right" and N after "step k wrong" (~always), so the average of many sampled verdicts tends to it.
     """
+    return verdict_scores(model, tokenizer, prompts, completions, restrict=True, yes=ALL_RIGHT[0], no="s")
+
+
+@torch.no_grad()
+def cot_verdict_samples(model, tokenizer, prompts: list[str], completions: list[str], n_samples: int = 4,
+                        temperature: float = 1.0, max_check_tokens: int = 24, restrict: bool = True,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, list[str]]:
+    """`n_samples` written checks per solution and p(Y) read after each -> ((N, n_samples), the N * n_samples checks).
+    temperature 0 is the greedy check (then n_samples = 1 suffices)."""
     yes_id, no_id = verdict_ids(tokenizer)
     texts = [verifier_prompt(p, c) for p, c in zip(prompts, completions) for _ in range(n_samples)]
     checks, _ = generate(model, tokenizer, texts, max_check_tokens, temperature, generator=generator, batch_size=512)
@@ -130,4 +177,14 @@ def cot_verdict_scores(model, tokenizer, prompts: list[str], completions: list[s
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits[:, -1]
         scores.append(verdict_prob(logits, yes_id, no_id, restrict).cpu())
-    return torch.cat(scores).view(len(prompts), n_samples).mean(-1)
+    return torch.cat(scores).view(len(prompts), n_samples), checks
+
+
+def cot_verdict_scores(model, tokenizer, prompts: list[str], completions: list[str], n_samples: int = 4,
+                       temperature: float = 1.0, max_check_tokens: int = 24, restrict: bool = True,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """GenRM-CoT with majority-style averaging: sample `n_samples` written checks per solution, read
+    p(Y) after each check, average -> (N,). The check ends at its newline; the verdict is read there.
+    """
+    return cot_verdict_samples(model, tokenizer, prompts, completions, n_samples, temperature, max_check_tokens,
+                               restrict, generator)[0].mean(-1)
