@@ -7,14 +7,8 @@ import pytest
 import torch
 
 from minirlhf.judges import online_dpo, pairwise, rubric, verdict
-from minirlhf.models import load_tokenizer
 from minirlhf.worlds import reviews
 from minirlhf.zoo import new_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 def tiny(tok, seed=0):
