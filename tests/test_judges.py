@@ -308,8 +308,9 @@ def test_online_config_rejects_k_below_2():
 # --- the command line: bad flags are one line, before anything loads --------------------------------
 
 @pytest.mark.parametrize("argv, message", [
-    (["judge", "--kind", "nope"], "--kind must be one of pairwise, genrm, got 'nope'"),
+    (["judge", "--kind", "nope"], "--kind must be one of pairwise, genrm, genrm-cot, got 'nope'"),
     (["judge", "--samples", "0"], "--samples must be >= 1, got 0"),
+    (["judge", "--kind", "genrm-cot", "--checks", "-1"], "--checks must be >= 0 and finite, got -1"),
     (["dpo", "--online", "--k", "1"], "--k must be >= 2"),
     (["dpo", "--online", "--dataset", "mine.jsonl"], "--online samples its own responses"),
 ])
@@ -328,3 +329,19 @@ def test_judge_cli_errors_are_one_line(argv, message, capsys, monkeypatch, tmp_p
     assert cli.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_judge_cli_genrm_cot_ranks_with_written_checks(capsys, monkeypatch, tmp_path):
+    """`minirlhf judge --kind genrm-cot`: the shipped CoT verifier writes checks, p(Y) after them is averaged;
+    the summary has the ranking metrics, each a probability-like number in [0, 1]."""
+    import json
+    from minirlhf import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["judge", "--kind", "genrm-cot", "--prompts", "3", "--samples", "4", "--checks", "2",
+                     "--name", "cot", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "runs" / "cot" / "summary.json").read_text())
+    assert summary["model"] == "arith-genrm-cot"
+    for key in ("within_prompt_trace_auc", "trace@1", "trace@4", "oracle@4"):
+        assert 0.0 <= summary[key] <= 1.0, (key, summary)
+    assert summary["trace@4"] <= summary["oracle@4"]  # a pick can never beat the oracle

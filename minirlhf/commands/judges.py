@@ -2,6 +2,7 @@
 
     minirlhf judge --kind pairwise                 # the shipped review-judge: gold agreement, position and length bias
     minirlhf judge --kind genrm                    # the shipped arith-genrm: within-prompt AUC and best-of-N
+    minirlhf judge --kind genrm-cot --checks 8     # arith-genrm-cot: a written check first, 8 checks averaged
     minirlhf judge --kind pairwise --train-steps 100 --name my-judge   # train a small one first, then evaluate it
     minirlhf dpo --online --judge review-rm --iterations 3              # sample -> judge -> DPO, 3 rounds
 """
@@ -17,8 +18,8 @@ from ..errors import ConfigError, check_config
 from ..runs import finish, metrics_logger
 from ..utils import MetricsLogger
 
-JUDGE_KINDS = ("pairwise", "genrm")
-DEFAULT_JUDGE = {"pairwise": "review-judge", "genrm": "arith-genrm"}
+JUDGE_KINDS = ("pairwise", "genrm", "genrm-cot")
+DEFAULT_JUDGE = {"pairwise": "review-judge", "genrm": "arith-genrm", "genrm-cot": "arith-genrm-cot"}
 
 
 @dataclass
@@ -26,7 +27,8 @@ class JudgeRunConfig:
     """`minirlhf judge`: evaluate a generative judge on the built-in worlds (optionally train one first)."""
 
     kind: str = "pairwise"
-    """pairwise (reviews: 'which is better, A or B?') or genrm (arithmetic: 'Is it right?' -> Y/N)."""
+    """pairwise (reviews: 'which is better, A or B?'), genrm (arithmetic: 'Is it right?' -> Y/N) or genrm-cot
+    (arithmetic: a written check, 'step k wrong' / 'all steps right', then Y/N; Zhang et al. 2024's GenRM-CoT)."""
     train_steps: int = 0
     """0: evaluate `--model` (default the shipped judge); > 0: first fine-tune a judge this many SFT steps
     from its backbone (review-sft / arith-sft-full) on gold-labelled rows, as `python -m minirlhf.zoo --only judges`."""
@@ -36,17 +38,21 @@ class JudgeRunConfig:
     """genrm: held-out test prompts ..."""
     samples: int = 16
     """... each with this many arith-sft samples to rank (best-of-N up to this N)."""
+    checks: int = 4
+    """genrm-cot: written checks sampled (T = 1) per solution, p(Y) after each averaged (test-time scaling);
+    0: one greedy check."""
     seed: int = 0
     """Seed of sampling."""
 
     def validate(self) -> None:
-        check_config(self, at_least_1=("pairs", "prompts", "samples"), non_negative=("train_steps",),
+        check_config(self, at_least_1=("pairs", "prompts", "samples"), non_negative=("train_steps", "checks"),
                      choices={"kind": JUDGE_KINDS})
 
 
 def judge_args(p):
     p.add_argument("--model", default=None, help="the judge: a causal LM folder or built-in name "
-                   "(default: review-judge for --kind pairwise, arith-genrm for --kind genrm)")
+                   "(default: review-judge for --kind pairwise, arith-genrm for --kind genrm, arith-genrm-cot for "
+                   "--kind genrm-cot)")
 
 
 def _evaluate_pairwise(model, tok, cfg: JudgeRunConfig) -> dict:
@@ -79,7 +85,13 @@ def _evaluate_genrm(model, tok, cfg: JudgeRunConfig) -> dict:
     prompts = [r["prompt"] for r in load_split("arithmetic", "test")[:cfg.prompts] for _ in range(cfg.samples)]
     comps, _ = generate(sft, tok, prompts, 80, 1.0, generator=torch.Generator().manual_seed(cfg.seed), batch_size=512)
     trace = torch.tensor([check_chain(p, c).trace_correct for p, c in zip(prompts, comps)]).view(cfg.prompts, -1)
-    s = verdict.verdict_scores(model, tok, prompts, comps).view(cfg.prompts, -1)
+    if cfg.kind == "genrm-cot":  # a written check first, then the verdict; averaged over cfg.checks samples
+        s = verdict.cot_verdict_scores(model, tok, prompts, comps, n_samples=max(cfg.checks, 1),
+                                       temperature=1.0 if cfg.checks else 0.0,
+                                       generator=torch.Generator().manual_seed(cfg.seed + 1))
+    else:
+        s = verdict.verdict_scores(model, tok, prompts, comps)
+    s = s.view(cfg.prompts, -1)
     curve = best_of_n_curve(s, trace, [1, cfg.samples], seed=cfg.seed)
     return {"within_prompt_trace_auc": round(within_prompt_auc(s, trace), 4),
             "trace@1": round(curve[0], 4), f"trace@{cfg.samples}": round(curve[1], 4),
@@ -98,7 +110,8 @@ def run_judge(args, cfg: JudgeRunConfig) -> dict:
         bcfg = JudgeBuildConfig(genrm_steps=cfg.train_steps, judge_steps=cfg.train_steps, seed=cfg.seed,
                                 genrm_samples=max(cfg.train_steps * 8, 256), judge_pairs=max(cfg.train_steps * 8, 256),
                                 judge_points=max(cfg.train_steps * 2, 64))
-        model = (train_review_judge if cfg.kind == "pairwise" else train_genrm)(bcfg, tok, args.model)[0]
+        model = (train_review_judge(bcfg, tok, args.model) if cfg.kind == "pairwise" else
+                 train_genrm(bcfg, tok, args.model, with_rationale=cfg.kind == "genrm-cot"))[0]
         name = f"{args.model or ('review-sft' if cfg.kind == 'pairwise' else 'arith-sft-full')} + {cfg.train_steps} SFT steps"
     else:
         model = load_model(name).eval()
