@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import torch
@@ -101,6 +102,16 @@ def sequence_kl(policy, ref, tok, prompts: list[str], max_new_tokens: int = 64, 
 # ---------------------------------------------------------------------------------------------
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021, Eq. 1).
+
+        pass@k = 1 - C(n - c, k) / C(n, k)
+    """
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least k samples, got n={n}")
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
 def pass_at_k_estimates(n_correct: list[int], n: int, k: int) -> list[float]:
     """Unbiased pass@k of each prompt from n samples of which c_i are correct (Chen et al., 2021, Eq. 1):
 
@@ -109,8 +120,6 @@ def pass_at_k_estimates(n_correct: list[int], n: int, k: int) -> list[float]:
     The mean over prompts estimates pass@k without the bias of "any of the first k samples is right"
     computed once (which has a higher variance for the same samples) or of 1 - (1 - c/n)^k (biased low).
     """
-    from .grpo import pass_at_k
-
     return [pass_at_k(n, c, k) for c in n_correct]
 
 

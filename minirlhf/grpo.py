@@ -49,15 +49,14 @@ Where we depart from the papers (all for a laptop CPU and a 0.2M-parameter model
   this is exactly REINFORCE with the RLOO baseline on the sequence log-prob.
 
 Run: `train_grpo(load_model("arith-sft"), load_tokenizer(), prompts, [arithmetic_reward], preset("grpo"))`,
-or see notebooks/05_grpo.ipynb.
+or see notebooks/05_grpo.ipynb. The reward functions (answer format, DAPO's overlong penalty, their weighted
+sum with its NaN check) are in rewards.py, pass@k in evaluate.py; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import collections
 import copy
-import math
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -69,13 +68,13 @@ from torch import Tensor
 
 from . import accumulate, rl
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
-from .errors import ConfigError, NonFiniteError, check_checkpointing, check_config
+from .errors import ConfigError, check_checkpointing, check_config
 from .lm import Rollout, decode_completions, encode_prompts, sample, token_logprobs
+from .evaluate import pass_at_k  # noqa: F401  (minirlhf.grpo.pass_at_k, as before)
 from .progress import ProgressBar
+from .rewards import FORMAT_RE, RewardFn, format_reward, overlong_penalty, score  # noqa: F401  (re-exported)
 from .utils import MetricsLogger, check_finite, dist_info, set_seed, wrap_ddp
-from .worlds.arithmetic import NUMBER
 
-RewardFn = Callable[[list[str], list[str]], list[float]]
 
 
 @dataclass
@@ -240,58 +239,6 @@ def preset(variant: str, **overrides) -> GRPOConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rewards
-# ---------------------------------------------------------------------------------------------
-
-FORMAT_RE = re.compile(r"####\s*" + NUMBER + r"\s*$")
-
-
-def format_reward(prompts: list[str], completions: list[str]) -> list[float]:
-    """1.0 if the completion ends with a final-answer line "#### <number>" ("#### 7", "#### 1,234",
-    "#### -3", "#### $12.50": every gold GSM8K solution passes), else 0.0."""
-    return [1.0 if FORMAT_RE.search(c) else 0.0 for c in completions]
-
-
-def overlong_penalty(lengths: Tensor, max_len: int, cache: int) -> Tensor:
-    """DAPO's soft overlong punishment (Yu et al., 2025, Eq. 13). lengths: (N,) -> (N,).
-
-        R = 0                              if |y| <= L_max - L_cache
-            ((L_max - L_cache) - |y|) / L_cache   if L_max - L_cache < |y| <= L_max
-            -1                             if |y| > L_max
-    """
-    free = max_len - cache
-    ramp = (free - lengths.float()) / cache
-    return torch.where(lengths <= free, torch.zeros_like(ramp),
-                       torch.where(lengths <= max_len, ramp, -torch.ones_like(ramp)))
-
-
-def score(prompts: list[str], completions: list[str], reward_fns: list[RewardFn],
-          weights: list[float] | None = None) -> tuple[Tensor, dict[str, float]]:
-    """Weighted sum of reward functions -> (N,) tensor, and each function's mean for the log.
-
-    A NaN/inf reward raises here, naming the function and the row, before any update.
-    """
-    weights = weights or [1.0] * len(reward_fns)
-    if len(weights) != len(reward_fns):
-        raise ValueError(f"{len(reward_fns)} reward functions but {len(weights)} reward_weights")
-    total, means = torch.zeros(len(prompts)), {}
-    for fn, w in zip(reward_fns, weights):
-        name = getattr(fn, "__name__", type(fn).__name__)
-        r = torch.tensor(fn(prompts, completions), dtype=torch.float32)  # (N,)
-        if r.shape != (len(prompts),):
-            raise ValueError(f"reward function {name!r} returned shape {tuple(r.shape)}, expected ({len(prompts)},)")
-        bad = (~torch.isfinite(r)).nonzero().flatten().tolist()
-        if bad:
-            i = bad[0]
-            raise NonFiniteError(f"reward function {name!r} returned {r[i].item()} for row {i} "
-                                 f"(prompt {prompts[i]!r:.80}, completion {completions[i]!r:.80}); "
-                                 "stopped before updating the weights")
-        total += w * r
-        means[f"rewards/{name}"] = r.mean().item()
-    return total, means
-
-
-# ---------------------------------------------------------------------------------------------
 # The pure pieces: dynamic sampling filter, advantages, loss
 # ---------------------------------------------------------------------------------------------
 
@@ -424,16 +371,6 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
     metrics.update(extra)
     loss = rl.aggregate_loss(per_token, mask, cfg.loss_agg, max_len=cfg.max_new_tokens)
     return loss, metrics
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021, Eq. 1).
-
-        pass@k = 1 - C(n - c, k) / C(n, k)
-    """
-    if k > n:
-        raise ValueError(f"pass@{k} needs at least k samples, got n={n}")
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 # ---------------------------------------------------------------------------------------------
