@@ -227,9 +227,15 @@ class ScalarHeadModel(nn.Module):
     def config(self):
         return self.backbone.config
 
+    def trunk(self) -> nn.Module:
+        """The transformer under the LM head (LlamaModel ...). Under LoRA the backbone is a peft
+        PeftModel, whose adapters sit inside the model it wraps: the trunk is read from there."""
+        backbone = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+        return backbone.base_model
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.backbone.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                       position_ids=position_ids_from_mask(attention_mask))
+        out = self.trunk()(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids_from_mask(attention_mask))
         hidden = out.last_hidden_state  # (B, T, H)
         return self.head(hidden).squeeze(-1).float()  # (B, T)
 

@@ -20,7 +20,7 @@ The runners apply these from flags (`--lora-r 16 --gradient-checkpointing --bf16
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -110,6 +110,14 @@ def prepare_policy(model: nn.Module, opts: ScaleOptions) -> nn.Module:
     return model
 
 
+def prepare_scalar_model(model: nn.Module, opts: ScaleOptions) -> nn.Module:
+    """A reward or value model (`models.ScalarHeadModel`): checkpointing and LoRA on its backbone,
+    the one-output head trained in full (it starts random: adapters alone could not learn it),
+    autocast around the whole forward (the head reads the backbone's trunk, not its forward)."""
+    model.backbone = prepare_policy(model.backbone, replace(opts, bf16=False))
+    return autocast_forward(model) if opts.bf16 else model
+
+
 class AdapterDisabledReference(nn.Module):
     """The reference policy of a LoRA policy: the same frozen base, adapters switched off.
 
@@ -162,7 +170,10 @@ def trainable_parameters(model: nn.Module) -> int:
 
 def merged(model: nn.Module) -> nn.Module:
     """The plain model to save: LoRA adapters merged into the base weights (W0 + alpha/r B A), so the
-    saved folder loads with `load_model` like any causal LM; other models unchanged."""
+    saved folder loads with `load_model` like any causal LM; a reward model gets its backbone merged;
+    other models unchanged."""
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
+    if hasattr(getattr(model, "backbone", None), "merge_and_unload"):  # a ScalarHeadModel under LoRA
+        model.backbone = model.backbone.merge_and_unload()
     return model

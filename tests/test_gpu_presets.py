@@ -108,6 +108,35 @@ def test_each_gpu_preset_runs_one_step_on_the_stand_in(workdir, capsys, stand_in
     assert load_model(workdir / "runs" / preset.stem / "model").config.model_type == "qwen2"  # merged, loadable
 
 
+def lora_adapter_count(r: int) -> int:
+    """Adapter weights of the stand-in under LoRA rank r on every linear layer: r * (d_in + d_out) for q, k, v,
+    o (hidden 64, 2 KV heads of 16) and gate, up, down (MLP 128), in each of its 2 layers."""
+    return 2 * sum(r * (i + o) for i, o in [(64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64)])
+
+
+def test_reward_model_and_ppo_train_with_lora_on_the_stand_in(workdir, capsys, stand_in):
+    from minirlhf.models import ScalarHeadModel, load_model, load_tokenizer
+
+    prefs = str(workdir / "prefs.jsonl")
+    s = run(capsys, ["rm", "--model", stand_in, "--dataset", prefs, "--device", "cpu", "--lora-r", "4",
+                     "--gradient-checkpointing", "--steps", "2", "--batch-size", "2", "--name", "rm_lora"])
+    assert s["lora_r"] == 4 and s["gradient_checkpointing"]
+    assert s["trainable_parameters"] == lora_adapter_count(4) + 64 + 1  # adapters + the head's weight and bias
+    rm = ScalarHeadModel.from_pretrained(workdir / "runs" / "rm_lora" / "model")  # merged: a plain folder
+    assert not any("lora" in n for n, _ in rm.named_parameters())
+    tok = load_tokenizer(stand_in)
+    ids = torch.tensor([tok("Blue.")["input_ids"]])
+    base = ScalarHeadModel(load_model(stand_in))
+    base.head.load_state_dict(rm.head.state_dict())
+    with torch.no_grad():  # the merged backbone moved: the adapters learned something and were kept
+        assert not torch.allclose(rm(ids, torch.ones_like(ids)), base(ids, torch.ones_like(ids)))
+    s = run(capsys, ["ppo", "--model", stand_in, "--dataset", prefs, "--reward-model", str(workdir / "runs" / "rm_lora"
+                     / "model"), "--device", "cpu", "--lora-r", "4", "--steps", "1", "--batch-size", "2",
+                     "--mini-batch-size", "2", "--max-new-tokens", "4", "--norm-samples", "2", "--name", "ppo_lora"])
+    assert s["lora_r"] == 4 and s["trainable_parameters"] == lora_adapter_count(4) and s["steps"] == 1
+    assert load_model(workdir / "runs" / "ppo_lora" / "model").config.model_type == "qwen2"  # merged, loadable
+
+
 def test_bf16_on_a_cpu_is_a_one_line_error(workdir, capsys, stand_in):
     assert main(["sft", "--model", stand_in, "--dataset", str(GSM8K), "--bf16", "--device", "cpu"]) == 1
     err = capsys.readouterr().err

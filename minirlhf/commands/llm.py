@@ -12,7 +12,7 @@ import time
 
 from ..evaluate import ARITH_EVAL_ROWS, sequence_kl
 from ..runs import finish, metrics_logger, show_progress
-from ..scaling import merged
+from ..scaling import autocast_forward, merged, prepare_scalar_model
 from .common import add_data_args, data_counts, load_lm, load_rows, preference_rows, review_eval, run_device
 from .options import (add_chat_args, add_scale_args, apply_chat, chat_settings, check_lengths, load_policy,
                       load_reference, scale_options, scale_summary)
@@ -84,6 +84,7 @@ def run_sft(args: argparse.Namespace, cfg) -> dict:
 
 def rm_args(p):
     add_data_args(p, "review-sft", "reviews prefs_train")
+    add_scale_args(p)
 
 
 def run_rm(args, cfg) -> dict:
@@ -91,19 +92,21 @@ def run_rm(args, cfg) -> dict:
     from ..reward_model import evaluate_reward_model, train_reward_model
     from ..zoo import load_split
 
+    opts = scale_options(args)  # flags first: a mistake is named before any file is read
     model_name = args.model or "review-sft"
     tok = load_tokenizer(model_name if args.model else "tokenizer")
     rows = preference_rows(args, tok, max_length=cfg.max_length)  # checked before the model is loaded
     rm = ScalarHeadModel.from_causal_lm(model_name, trust_remote_code=args.trust_remote_code).to(run_device(args))
+    rm = prepare_scalar_model(rm, opts)  # LoRA / checkpointing on the backbone, the head trained in full
     t0 = time.time()
     log = train_reward_model(rm, tok, rows, cfg, logger=metrics_logger(args, "rm", cfg),
                              progress=show_progress(args))
-    summary = {"method": "rm", "model": model_name, "pairs": len(rows), **data_counts(args), "steps": cfg.steps,
-               "seconds": round(time.time() - t0, 1)}
+    summary = {"method": "rm", "model": model_name, "pairs": len(rows), **data_counts(args),
+               **scale_summary(rm, opts), "steps": cfg.steps, "seconds": round(time.time() - t0, 1)}
     if args.dataset is None:
         ev = evaluate_reward_model(rm, tok, load_split("reviews", "prefs_test"))
         summary.update({k: round(float(v), 4) for k, v in ev.items() if isinstance(v, (int, float))})
-    return finish(args, "rm", log, summary, rm, tok, ["loss", "accuracy"])
+    return finish(args, "rm", log, summary, merged(rm), tok, ["loss", "accuracy"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +117,7 @@ def run_rm(args, cfg) -> dict:
 def ppo_args(p):
     add_data_args(p, "review-sft", "reviews prompts")
     p.add_argument("--reward-model", default="review-rm", help="a ScalarHeadModel folder (default review-rm)")
+    add_scale_args(p)
 
 
 def run_ppo(args, cfg) -> dict:
@@ -121,6 +125,7 @@ def run_ppo(args, cfg) -> dict:
     from ..ppo import train_ppo
     from ..worlds import reviews
 
+    opts = scale_options(args)  # flags first: a mistake is named before any file is read
     model_name = args.model or "review-sft"
     tok = load_tokenizer(model_name if args.model else "tokenizer")
     rows = preference_rows(args, tok)  # checked before the models are loaded
@@ -128,21 +133,24 @@ def run_ppo(args, cfg) -> dict:
         from ..data import require_rows
 
         require_rows(len(rows), cfg.batch_size, "--batch-size", args.dataset, "prompts")
-    policy, ref = load_lm(args, model_name), load_lm(args, model_name).eval()
+    policy = load_policy(args, model_name, opts)
+    ref = load_reference(args, model_name, policy, opts)  # under LoRA: the same base, adapters off
     rm = ScalarHeadModel.from_pretrained(args.reward_model, trust_remote_code=args.trust_remote_code)
     check_same_vocab(rm, policy, args.reward_model, model_name, tok)  # else an IndexError mid-PPO
     rm = rm.to(run_device(args)).eval()
+    if opts.bf16:
+        autocast_forward(rm)
     prompts = [r["prompt"] for r in rows]  # repeats kept: they weight prompts as the data does
     builtin = args.dataset is None
     t0 = time.time()
     log, policy = train_ppo(policy, tok, prompts, rm, cfg, ref_model=ref,
                             gold_fn=reviews.gold_rewards if builtin else None, logger=metrics_logger(args, "ppo", cfg),
                             progress=show_progress(args))
-    summary = {"method": f"ppo (beta={cfg.beta})", "model": model_name, **data_counts(args), "steps": cfg.steps,
-               "seconds": round(time.time() - t0, 1)}
+    summary = {"method": f"ppo (beta={cfg.beta})", "model": model_name, **data_counts(args),
+               **scale_summary(policy, opts), "steps": cfg.steps, "seconds": round(time.time() - t0, 1)}
     if builtin:
         summary.update(review_eval(policy, ref, tok, cfg.max_new_tokens))
-    return finish(args, "ppo", log, summary, policy, tok, ["objective/scores", "objective/gold", "objective/kl"])
+    return finish(args, "ppo", log, summary, merged(policy), tok, ["objective/scores", "objective/gold", "objective/kl"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Flags for real models, shared by the runners of sft, dpo, grpo and eval.
+"""Flags for real models, shared by the runners of sft, rm, ppo, dpo, grpo and eval.
 
 * `--chat-template`, `--instruction`, `--system`: questions go through the tokenizer's chat template
   with an instruction that says how to give the final answer (prompting.py).
