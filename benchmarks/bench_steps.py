@@ -28,6 +28,11 @@ Scope of a step, identical on both sides:
   `loss_agg="token_mean"`), beta = 0 (no reference model: both libraries' default), clipping
   at norm 1, AdamW.
 
+One difference of work, on purpose: minirlhf runs each distinct prompt through the model once
+where rows repeat it (DPO's chosen and rejected, GRPO's G completions, in the training passes
+and in the sampler's first pass: `lm.lm_logits`), with the same numbers within float rounding;
+TRL runs every row in full. `--share-prompts off` turns that off to measure it.
+
 Everything in float32 on the CPU with `--threads` torch threads (default 1: steadier on a shared
 machine; set 2 to use both cores of a 2-core laptop), no gradient checkpointing, no bf16 (TRL's
 DPO turns both on by default; they are turned off here for both). Logging: minirlhf logs every
@@ -101,6 +106,9 @@ class Args:
     """Model depth."""
     seed: int = 0
     """Seed of the weights and the data."""
+    share_prompts: str = "on"
+    """"off": minirlhf without running each distinct prompt once (`lm.lm_logits`, `lm.sample`), to
+    measure what that saves (for development: the record is "on", minirlhf as it ships)."""
     clock: str = "wall"
     """"wall" (time.perf_counter: what the user waits) or "cpu" (time.process_time: this process's CPU
     time, much less disturbed by other programs on a busy machine; for development, not the record)."""
@@ -282,7 +290,8 @@ def print_table(results: dict, args: Args, n_params: int, have_trl: bool, second
     print(f"Llama {n_params / 1e6:.2f}M parameters, fp32. DPO: {args.pairs} pairs, prompt {args.prompt_len} + "
           f"completion {args.completion_len} tokens. GRPO: {args.prompts} prompts x "
           f"{args.generations} completions, prompt {args.prompt_len} + {args.new_tokens} sampled tokens, mu = 1, "
-          f"beta = 0. {args.rounds} A/B rounds x {args.steps - args.warmup} timed steps per run.\n")
+          f"beta = 0. {args.rounds} A/B rounds x {args.steps - args.warmup} timed steps per run"
+          + ("; minirlhf without prompt sharing" if args.share_prompts == "off" else "") + ".\n")
     print("| step | minirlhf median ms | minirlhf IQR ms | TRL median ms | TRL IQR ms | minirlhf / TRL |")
     print("|---|---|---|---|---|---|")
     for name, times in results.items():
@@ -305,6 +314,8 @@ def main():
             parser.add_argument(flag, default=default, choices=["dpo", "grpo", "both"])
         elif name == "clock":
             parser.add_argument(flag, default=default, choices=list(CLOCK))
+        elif name == "share_prompts":
+            parser.add_argument(flag, default=default, choices=["on", "off"])
         elif name == "ref":
             parser.add_argument(flag, default=default, choices=["per-step", "precomputed", "both"])
         else:
@@ -315,6 +326,10 @@ def main():
     global clock
     clock = CLOCK[args.clock]
     torch.set_num_threads(args.threads)
+    if args.share_prompts == "off":
+        import minirlhf.lm
+
+        minirlhf.lm.prompt_sharing_applies = lambda model, prompt_mask: False
     datasets.disable_progress_bars()  # TRL's dataset preparation, outside the timed steps
     os.environ["TQDM_DISABLE"] = "1"  # and TRL's bar while it precomputes reference log-probs
     have_trl = importlib.util.find_spec("trl") is not None

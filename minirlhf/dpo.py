@@ -51,7 +51,7 @@ from . import accumulate
 from .checkpoint import checkpoint_due, resume_from, save_checkpoint
 from .data import encode_preference_batch  # (2B, T): the B chosen rows, then the B rejected rows
 from .errors import ConfigError, check_checkpointing, check_config
-from .lm import token_logprobs
+from .lm import first_completion_column, token_logprobs
 from .progress import ProgressBar
 from .rl import masked_sum
 from .utils import MetricsLogger, dist_info, set_seed, wrap_ddp
@@ -313,7 +313,9 @@ def validate_preference_rows(rows: list[dict]) -> None:
 
 def preference_logps(model, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """One forward pass over the stacked batch (2B, T) -> summed log-probs and lengths, (B,) each."""
-    logps = token_logprobs(model, batch["input_ids"], batch["attention_mask"])  # (2B, T)
+    # chosen and rejected share their prompt: it goes through the model once per pair (lm.lm_logits; same numbers)
+    logps = token_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                           prompt_length=first_completion_column(batch["completion_mask"]))  # (2B, T)
     mask = batch["completion_mask"]
     seq = masked_sum(logps, mask, dim=-1)  # (2B,)
     lengths = mask.sum(-1).to(seq.dtype)  # (2B,) response tokens, EOS included

@@ -43,7 +43,8 @@ Where we depart from the papers (all for a laptop CPU and a 0.2M-parameter model
   it runs the same clipped surrogate (PPO-style, as the paper does) with full-batch updates.
 * Off-policy: with `staleness` k the sampler holds the weights of k steps ago (asynchronous RL); with
   `sampler_temperature` it samples at another temperature, and its log-probs are computed at that
-  temperature. pi_old is always the trainer's policy before the updates (the "proximal" policy);
+  temperature; with `sampler_precision` its weights are the policy's rounded to bf16 / fp16. pi_old is
+  always the trainer's policy before the updates (the "proximal" policy);
   `is_correction` reweights each token by pi_old / pi_sampler (TIS: truncated; MIS: masked outside a band).
 * RLOO is written as the same clipped surrogate with the leave-one-out advantage; with mu = 1
   this is exactly REINFORCE with the RLOO baseline on the sequence log-prob.
@@ -148,6 +149,9 @@ class GRPOConfig:
     """Off-policy: the sampler uses the weights of this many steps ago (asynchronous RL); 0: on-policy."""
     sampler_temperature: float | None = None
     """Off-policy: the sampler's temperature (its log-probs are computed at it); None: `temperature`."""
+    sampler_precision: str = "float32"
+    """Off-policy: the sampler's weights are the policy's rounded to this dtype ("bfloat16", "float16"; as an
+    inference engine holding low-precision weights), its log-probs computed from them; "float32": the policy's own."""
     is_correction: str = "none"
     """Sampler-trainer mismatch correction per token, rho = pi_old / pi_sampler: "tis" (min(rho, is_cap)),
     "mis" (rho inside [mis_low, mis_high], else the token is dropped) or "none"."""
@@ -202,7 +206,8 @@ class GRPOConfig:
                               "importance": ("token", "sequence"), "loss_agg": rl.AGGREGATIONS,
                               "kl_estimator": rl.KL_ESTIMATORS, "kl_placement": rl.KL_PLACEMENTS,
                               "policy_loss": ("clip", "cispo"), "cov_method": ("none", "clip_cov", "kl_cov"),
-                              "is_correction": ("none", "tis", "mis")})
+                              "is_correction": ("none", "tis", "mis"),
+                              "sampler_precision": tuple(SAMPLER_PRECISIONS)})
         if self.advantage == "pass_at_k" and self.pass_k >= self.group_size:  # k = G: every advantage is 0
             raise ConfigError(f"--pass-k must be < --group-size {self.group_size} (with k = G every advantage "
                               f"is 0), got {self.pass_k}")
@@ -387,13 +392,26 @@ def make_reference(policy, cfg: GRPOConfig, ref_model=None):
     return ref
 
 
+SAMPLER_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""`sampler_precision` -> the dtype the sampler's weights are rounded to."""
+
+
 def make_sampler(policy, cfg: GRPOConfig):
-    """The model that samples, and its temperature: the policy itself on-policy, a frozen copy (loaded
-    with the weights of `cfg.staleness` steps ago at each step) when the rollouts are stale."""
+    """The model that samples, and its temperature: the policy itself on-policy, a frozen copy (loaded at
+    each step by `load_sampler_weights`) when the rollouts are stale or the sampler's weights are rounded."""
     temperature = cfg.sampler_temperature if cfg.sampler_temperature is not None else cfg.temperature
-    if cfg.staleness == 0:
+    if cfg.staleness == 0 and cfg.sampler_precision == "float32":
         return policy, temperature
     return copy.deepcopy(policy).eval().requires_grad_(False), temperature
+
+
+def load_sampler_weights(sampler, state: dict[str, Tensor], precision: str = "float32") -> None:
+    """Load `state` into the sampler, each floating-point tensor rounded to `precision` and back to its own
+    dtype: the sampler then computes in fp32 from low-precision weights (bf16 keeps 8 significant bits, a
+    relative error up to 2^-8 per weight; fp16 11 bits, 2^-11), so its log-probs differ from the trainer's
+    by that rounding."""
+    dtype = SAMPLER_PRECISIONS[precision]
+    sampler.load_state_dict({k: v.to(dtype).to(v.dtype) if v.is_floating_point() else v for k, v in state.items()})
 
 
 def old_logp_pass_needed(cfg: GRPOConfig) -> bool:
@@ -533,9 +551,9 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
     early_rounds: list[dict] = []  # the sampling rounds of the first EARLY_STEPS steps
     for step in bar:
         kept_rollouts, kept_rewards, kept_adv, sampled_metrics = [], [], [], []
-        if cfg.staleness:  # asynchronous RL: the sampler holds the weights of `staleness` steps ago
+        if sampler is not policy:  # the weights of `staleness` steps ago (asynchronous RL), rounded to the precision
             snapshots.append(copy.deepcopy(policy.state_dict()))
-            sampler.load_state_dict(snapshots[0])
+            load_sampler_weights(sampler, snapshots[0], cfg.sampler_precision)
         for _ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
             # 1. a batch of B prompts, each repeated G times (a group is G adjacent rows)
             if cursor + B > len(prompts):
@@ -622,7 +640,9 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
         row["lr"] = opt.param_groups[0]["lr"]  # after warmup: cfg.lr
         def micro_loss(mb: slice):  # rows mb of the batch (all of them unless cfg.micro_batch_size)
             rows = lambda x: None if x is None else x[mb]  # noqa: E731
-            logp, entropy = token_logprobs(ddp_policy, input_ids[mb], attn[mb], cfg.temperature, with_entropy=True)
+            # prompt_length: the G completions of a prompt share one pass over it (lm.lm_logits; same numbers)
+            logp, entropy = token_logprobs(ddp_policy, input_ids[mb], attn[mb], cfg.temperature, with_entropy=True,
+                                           prompt_length=ro.prompt_length)
             old = logp.detach() if old_logp is None else old_logp[mb]  # mu = 1: pi_old is the policy itself
             loss, metrics = grpo_loss(logp, old, rows(ref_logp), advantages[mb], mask[mb], cfg,
                                       entropy=entropy, sampler_logp=rows(sampler_logp), generator=g)
