@@ -77,14 +77,16 @@ def backward(loss_fn: Callable[[slice], tuple[Tensor, dict[str, Tensor]]], mask:
 
 @torch.no_grad()
 def logprobs_in_chunks(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0,
-                       chunk: int | None = None) -> Tensor:
+                       chunk: int | None = None, prompt_length: int | None = None) -> Tensor:
     """`lm.token_logprobs` of a batch without gradient, `chunk` rows at a time (None: all at once).
 
     (N, T) -> (N, T). The no-gradient passes (the sampling policy's and the reference's
     log-probs) hold the whole (rows, T, V) logits otherwise: 40 GB for 128 completions of 512
-    tokens with a 150k vocabulary.
+    tokens with a 150k vocabulary. `prompt_length`: as in `token_logprobs` (rows of a chunk that
+    repeat a prompt share one pass over it).
     """
     from .lm import token_logprobs
 
-    return torch.cat([token_logprobs(model, input_ids[mb], attention_mask[mb], temperature)
+    return torch.cat([token_logprobs(model, input_ids[mb], attention_mask[mb], temperature,
+                                     prompt_length=prompt_length)
                       for mb in micro_batches(input_ids.shape[0], chunk)])

@@ -627,7 +627,7 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
         # 4. log-probs of the sampling policy (pi_old) and of the reference, no gradient
         with torch.no_grad():  # micro_batch_size rows at a time (all at once by default)
             chunked = lambda model, t: accumulate.logprobs_in_chunks(model, input_ids, attn, t,  # noqa: E731
-                                                                     cfg.micro_batch_size)
+                                                                     cfg.micro_batch_size, ro.prompt_length)
             # (N, T); None: the update's own log-probs, detached, are pi_old's (old_logp_pass_needed)
             old_logp = chunked(policy, cfg.temperature) if old_logp_pass_needed(cfg) else None
             ref_logp = chunked(ref, cfg.temperature) if ref is not None else None
