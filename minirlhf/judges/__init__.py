@@ -8,6 +8,8 @@ One file per kind of judge:
                   position bias and length bias (Zheng et al. 2023, "Judging LLM-as-a-judge").
 * `rubric.py`     rubric rewards: the reviews world's gold reward split into named criteria, a
                   rule-based judge per criterion, the reward their weighted sum.
+* `rubric_learned.py` the same rubric with a learned judge: one small LM answers each criterion's
+                  yes/no question, the reward is the weighted sum of its p('Y') (`review-rubric`).
 * `online_dpo.py` online / self-rewarding DPO: sample k responses, a judge ranks them, DPO on
                   best-vs-worst, repeat (Guo et al. 2024; Yuan et al. 2024).
 * `build.py`      the zoo step that trains and ships the small judges (`python -m minirlhf.zoo --only judges`).

@@ -22,6 +22,9 @@ Each is a rule-based judge in {0, 1}; its weights are fitted to gold by least sq
 (`fit_weights`), as one would calibrate a rubric against a few human scores. Unlike a learned
 reward model, no criterion can be pushed past its cap: piling on sentiment words stops paying once
 "strongly positive" is ticked, and every repetition or extra word costs.
+
+`rubric_learned.py` asks the same questions of a judge *model* (`review-rubric`) instead of rules, with
+weights fitted the same way (`fit_linear`), so rule-based and learned judges compare on one formula.
 """
 
 from __future__ import annotations
@@ -92,13 +95,21 @@ def fit_weights(rubric: tuple[Criterion, ...], texts: list[str], targets: list[f
                 ridge: float = 1e-3) -> tuple[tuple[Criterion, ...], float]:
     """Least-squares weights (and a bias) of the criteria against target scores (e.g. gold on a few
     samples): min ||bias + C w - t||^2 + ridge ||w||^2. -> (the rubric with these weights, bias)."""
-    C = criteria_scores(rubric, texts)  # (N, C)
-    X = torch.cat([torch.ones(len(texts), 1, dtype=torch.float64), C], 1)  # (N, C + 1)
+    w, bias = fit_linear(criteria_scores(rubric, texts), targets, ridge)
+    return tuple(Criterion(c.name, c.question, c.judge, float(wi)) for c, wi in zip(rubric, w.tolist())), bias
+
+
+def fit_linear(scores: torch.Tensor, targets: list[float], ridge: float = 1e-3) -> tuple[torch.Tensor, float]:
+    """min_{w, b} ||b + S w - t||^2 + ridge ||w||^2 (the bias is not penalised). scores (N, C) -> (w (C,), b).
+    Shared by the rule-based checklist (`fit_weights`) and the learned one (`rubric_learned.py`)."""
+    S = torch.as_tensor(scores, dtype=torch.float64)
+    if S.ndim != 2 or S.shape[0] != len(targets):
+        raise ValueError(f"scores {tuple(S.shape)} need one row per target ({len(targets)} targets)")
+    X = torch.cat([torch.ones(S.shape[0], 1, dtype=torch.float64), S], 1)  # (N, C + 1)
     reg = ridge * torch.eye(X.shape[1], dtype=torch.float64)
     reg[0, 0] = 0.0  # no penalty on the bias
     sol = torch.linalg.solve(X.T @ X + reg, X.T @ torch.tensor(targets, dtype=torch.float64))
-    fitted = tuple(Criterion(c.name, c.question, c.judge, float(w)) for c, w in zip(rubric, sol[1:].tolist()))
-    return fitted, float(sol[0])
+    return sol[1:], float(sol[0])
 
 
 class RubricScorer:
