@@ -91,17 +91,29 @@ def _review_rows(seed: int) -> dict[str, dict]:
         from .judges.rubric import fitted_checklist
         return bon16(fitted_checklist())
 
-    def online_dpo():  # 3 rounds: 64 prompts x 4 samples, review-rm picks best vs worst, DPO (notebook 10)
-        from .judges.online_dpo import OnlineDPOConfig, online_dpo as run_online
-        policy = load_model("review-sft")
-        run_online(policy, ref, tok, prompts, RewardModelScorer(rm, tok),
-                   OnlineDPOConfig(prompts_per_iteration=64, epochs=3.0, seed=seed,
-                                   dpo=DPOConfig(steps=1, lr=3e-4, warmup_steps=0, log_every=1000)))
-        return review_eval(policy.eval(), ref, tok)
+    def online_dpo(judge="review-rm", **guards):
+        def run():  # 3 rounds: 64 prompts x 4 samples, the judge picks best vs worst, DPO (notebook 10, sections 4-5)
+            from .commands.judges import _held_out_pointwise, make_judge
+            from .judges.online_dpo import OnlineDPOConfig, online_dpo as run_online
+            from .judges.pairwise import review_judging_rows
+            start = "review-self" if judge == "self" else "review-sft"  # self-rewarding: a policy that can judge
+            policy, start_ref = load_model(start), load_model(start).eval()
+            extra = {"held_out_fn": _held_out_pointwise(tok), "judge_rows": review_judging_rows(seed=seed),
+                     "eval_prompts": held_out} if guards else {}  # the guards' KL is to the start, on held-out prompts
+            run_online(policy, start_ref, tok, prompts, make_judge(judge, tok, 4, policy=policy),
+                       OnlineDPOConfig(prompts_per_iteration=64, epochs=3.0, seed=seed, **guards,
+                                       dpo=DPOConfig(steps=1, lr=3e-4, warmup_steps=0, log_every=1000)), **extra)
+            return review_eval(policy.eval(), ref, tok)  # KL to review-sft, like every row
+        return run
 
     return {"SFT (review-sft)": sft, "best-of-16 (review-rm)": bon16,
             "best-of-16 (ensemble worst-case)": bon16_defended("worst"), "best-of-16 (WARM)": bon16_defended("warm"),
-            "best-of-16 (checklist rubric)": bon16_rubric, "online DPO (review-rm judge, 3 rounds)": online_dpo,
+            "best-of-16 (checklist rubric)": bon16_rubric, "online DPO (review-rm judge, 3 rounds)": online_dpo(),
+            "online DPO (review-judge pairwise, 3 rounds)": online_dpo("review-judge"),
+            "online DPO (review-judge pointwise, 3 rounds)": online_dpo("pointwise:review-judge"),
+            "self-rewarding DPO (review-self, 3 rounds)": online_dpo("self"),
+            "self-rewarding DPO, judge retrained + KL guard 25": online_dpo("self", judge_refresh_steps=20,
+                                                                            max_kl=25.0),
             "PPO": ppo,
             "DPO": dpo("dpo"), "IPO": dpo("ipo"), "SimPO": dpo("simpo")}
 
@@ -159,6 +171,10 @@ def _arith_rows(seed: int) -> dict[str, dict]:
             if verifier_name == "arith-genrm":  # a generative verifier: p("Y") (notebook 10)
                 from .judges.verdict import verdict_scores
                 scores = verdict_scores(load_model(verifier_name).eval(), tok, prompts, comps)
+            elif verifier_name == "arith-genrm-cot":  # GenRM-CoT: p(Y) after 8 sampled written checks, averaged
+                from .judges.verdict import cot_verdict_scores
+                scores = cot_verdict_scores(load_model(verifier_name).eval(), tok, prompts, comps, n_samples=8,
+                                            generator=torch.Generator().manual_seed(seed + 1000))
             elif verifier_name == "arith-orm":
                 scores = prm.orm_scores(ScalarHeadModel.from_pretrained(verifier_name).eval(), tok, prompts, comps)
             else:
@@ -182,7 +198,8 @@ def _arith_rows(seed: int) -> dict[str, dict]:
             "RFT (rejection sampling + SFT, same samples)": rft,
             "best-of-16 (arith-orm)": best_of_16("arith-orm"),
             "best-of-16 (arith-prm-gold, min)": best_of_16("arith-prm-gold"),
-            "best-of-16 (arith-genrm)": best_of_16("arith-genrm")}
+            "best-of-16 (arith-genrm)": best_of_16("arith-genrm"),
+            "best-of-16 (arith-genrm-cot, 8 checks averaged)": best_of_16("arith-genrm-cot")}
 
 
 def _diffusion_rows(seed: int) -> dict[str, dict]:

@@ -5,6 +5,8 @@
     minirlhf judge --kind genrm-cot --checks 8     # arith-genrm-cot: a written check first, 8 checks averaged
     minirlhf judge --kind pairwise --train-steps 100 --name my-judge   # train a small one first, then evaluate it
     minirlhf dpo --online --judge review-rm --iterations 3              # sample -> judge -> DPO, 3 rounds
+    minirlhf dpo --online --judge pointwise:review-judge               # the generative judge grading one review
+    minirlhf dpo --online --judge self --max-kl 25 --judge-refresh-steps 20   # self-rewarding, guarded
 """
 
 from __future__ import annotations
@@ -66,8 +68,10 @@ def _evaluate_pairwise(model, tok, cfg: JudgeRunConfig) -> dict:
     gb = torch.tensor([reviews.gold_reward(p + x) for p, x in zip(ps, b)])
     both = pairwise.judge_both_orders(lambda p, x, y: pairwise.pairwise_probs(model, tok, p, x, y), ps, a, b)
     la, lb = torch.tensor([len(x) for x in a]), torch.tensor([len(x) for x in b])
+    pa, pb = pairwise.pointwise_probs(model, tok, ps, a), pairwise.pointwise_probs(model, tok, ps, b)
     return {"gold_agreement_one_order": round(pairwise.gold_agreement(both["p_ab"], ga, gb), 4),
             "gold_agreement_both_orders": round(pairwise.gold_agreement(both["p"], ga, gb), 4),
+            "gold_agreement_pointwise": round(pairwise.gold_agreement(0.5 + 0.5 * (pa - pb), ga, gb), 4),
             **{k: round(v, 4) for k, v in pairwise.position_bias(both["p_ab"], both["p_ba"]).items()},
             "length_bias": round(pairwise.length_bias(both["p"], la, lb), 4),
             "gold_length_correlation": round(pairwise.length_bias((ga > gb).double(), la, lb), 4)}
@@ -127,65 +131,151 @@ def run_judge(args, cfg: JudgeRunConfig) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+ONLINE_JUDGE_KINDS = ("reward-model", "pairwise", "pointwise", "self", "rubric", "gold")
+SHORT_JUDGES = {"review-rm": ("reward-model", "review-rm"), "review-judge": ("pairwise", "review-judge"),
+                "self": ("self", None), "rubric": ("rubric", None), "gold": ("gold", None)}
+
+
 def online_dpo_args(p):
     p.add_argument("--online", action="store_true", help="online DPO: each round the policy samples --k responses "
                    "per prompt, --judge ranks them, DPO on best vs worst (Guo et al. 2024; Yuan et al. 2024)")
-    p.add_argument("--judge", default=None, help="with --online: review-rm (or any reward-model folder), rubric "
-                   "(the reviews checklist), review-judge (a generative pairwise judge, round robin) or gold")
+    p.add_argument("--judge", default=None, help="with --online: review-rm (the reward model, default), "
+                   "review-judge (generative, pairwise round robin), pointwise:review-judge (its p('Y') to 'Good? '), "
+                   "self (the policy judges itself by p('Y'); --model defaults to review-self), rubric (the reviews "
+                   "checklist), gold; or KIND:FOLDER with KIND reward-model, pairwise or pointwise")
     p.add_argument("--iterations", type=int, default=None, help="with --online: rounds (default 3)")
     p.add_argument("--k", type=int, default=None, help="with --online: responses per prompt (default 4)")
     p.add_argument("--prompts-per-iteration", type=int, default=None, help="with --online: prompts per round (default 64)")
+    p.add_argument("--max-kl", type=float, default=None, help="with --online: guard: a round that leaves the KL to the "
+                   "reference above this is undone and the loop stops (default off)")
+    p.add_argument("--min-held-out-agreement", type=float, default=None, help="with --online --judge self: guard: stop "
+                   "(undo the round) when the self-judge agrees with gold on fewer than this fraction of 400 held-out "
+                   "pairs (default off)")
+    p.add_argument("--guard-action", default=None, help="with --online: stop (default: undo the round, "
+                   "end) or flag (log it, go on)")
+    p.add_argument("--judge-refresh-steps", type=int, default=None, help="with --online --judge self: SFT steps on the "
+                   "judging rows after each round's DPO (retrain the judging skill; default 0)")
 
 
-def make_judge(name: str, tok, k: int = 4):
-    """A judge function (prompts, completions) -> scores (rows grouped k by k) from its name."""
+def parse_judge(spec: str) -> tuple[str, str | None]:
+    """`--judge` -> (kind, model or None), checked before anything loads: a short name (review-rm, review-judge, self,
+    rubric, gold) or KIND:MODEL with KIND in reward-model, pairwise, pointwise."""
+    if spec in SHORT_JUDGES:
+        return SHORT_JUDGES[spec]
+    kind, sep, model = spec.partition(":")
+    if sep and kind in ("reward-model", "pairwise", "pointwise") and model:
+        return kind, model
+    if sep:
+        raise ConfigError(f"--judge {spec!r}: KIND:MODEL needs KIND reward-model, pairwise or pointwise and a model "
+                          "name or folder after the colon")
+    from pathlib import Path
+
+    from ..models import SCALAR_HEAD, resolve
+
+    folder = Path(resolve(spec)).expanduser()
+    if folder.is_dir():  # a bare model folder or built-in name: a reward model if it has a scalar head, else pairwise
+        return ("reward-model" if (folder / SCALAR_HEAD).is_file() else "pairwise"), spec
+    raise ConfigError(f"--judge must be one of {', '.join(SHORT_JUDGES)}, KIND:MODEL (KIND reward-model, pairwise or "
+                      f"pointwise) or a model folder; got {spec!r} (no such folder)")
+
+
+def make_judge(name: str, tok, k: int = 4, policy=None):
+    """A judge function (prompts, completions) -> scores (rows grouped k by k) from its `--judge` spec.
+    `policy` is the model being trained (needed by `self`: it judges itself through a frozen snapshot)."""
+    from ..judges import pairwise
+    from ..judges.online_dpo import self_judge
+    from ..models import load_model
     from ..worlds.reviews import gold_rewards
 
-    if name == "gold":
+    kind, model_name = parse_judge(name)
+    if kind == "gold":
         return gold_rewards
-    if name == "rubric":
+    if kind == "rubric":
         from ..judges.rubric import fitted_checklist
         return fitted_checklist()
-    if name.endswith("judge"):  # a generative pairwise judge (review-judge or a folder named *judge)
-        from ..judges import pairwise
-        from ..models import load_model
-
-        model = load_model(name).eval()
+    if kind == "self":
+        if policy is None:
+            raise ConfigError("--judge self needs the policy it judges")
+        return self_judge(policy, tok, pairwise.pointwise_probs)
+    if kind == "pairwise":  # a generative pairwise judge: round robin of both-orders verdicts
+        model = load_model(model_name).eval()
         return lambda ps, cs: pairwise.group_scores_from_pairs(
             lambda p, a, b: pairwise.pairwise_probs(model, tok, p, a, b), ps, cs, k)
+    if kind == "pointwise":  # the same judge grading one review at a time: p('Y') after "Good? "
+        model = load_model(model_name).eval()
+        return lambda ps, cs: pairwise.pointwise_probs(model, tok, ps, cs).tolist()
     from ..models import ScalarHeadModel
     from ..reward_model import RewardModelScorer
 
-    return RewardModelScorer(ScalarHeadModel.from_pretrained(name).eval(), tok)
+    return RewardModelScorer(ScalarHeadModel.from_pretrained(model_name).eval(), tok)
+
+
+def _held_out_pointwise(tok, n: int = 400):
+    """held_out_fn for a self-judge: its pointwise grades of the first `n` prefs_test pairs, compared, vs gold."""
+    from ..judges import pairwise
+    from ..worlds import reviews
+    from ..zoo import load_split
+
+    rows = load_split("reviews", "prefs_test")[:n]
+    ps, a, b = [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows]
+    ga = torch.tensor([reviews.gold_reward(p + x) for p, x in zip(ps, a)])
+    gb = torch.tensor([reviews.gold_reward(p + x) for p, x in zip(ps, b)])
+
+    def held_out(m):
+        pa, pb = pairwise.pointwise_probs(m, tok, ps, a), pairwise.pointwise_probs(m, tok, ps, b)
+        return pairwise.gold_agreement(0.5 + 0.5 * (pa - pb), ga, gb)
+    return held_out
 
 
 def run_online_dpo(args, cfg) -> dict:
-    from ..judges.online_dpo import OnlineDPOConfig, online_dpo
+    from ..judges.online_dpo import OnlineDPOConfig, kept_rows, online_dpo
     from ..models import load_model, load_tokenizer
     from ..worlds.reviews import gold_rewards
     from ..zoo import load_split
 
     if args.dataset is not None:
         raise ConfigError("--online samples its own responses from the built-in reviews prompts; drop --dataset")
+    judge_name = args.judge or "review-rm"
+    kind, judge_model = parse_judge(judge_name)  # a bad --judge is one line, before anything loads
     ocfg = OnlineDPOConfig(iterations=args.iterations or 3, k=args.k or 4,
-                           prompts_per_iteration=args.prompts_per_iteration or 64, dpo=cfg, seed=cfg.seed)
+                           prompts_per_iteration=args.prompts_per_iteration or 64, dpo=cfg, seed=cfg.seed,
+                           max_kl=args.max_kl or 0.0, min_held_out_agreement=args.min_held_out_agreement or 0.0,
+                           guard_action=args.guard_action or "stop", judge_refresh_steps=args.judge_refresh_steps or 0)
     ocfg.validate()
-    model_name = args.model or "review-sft"
+    if kind != "self" and (ocfg.min_held_out_agreement or ocfg.judge_refresh_steps):
+        raise ConfigError("--min-held-out-agreement and --judge-refresh-steps act on a judge that trains with the "
+                          f"policy: use them with --judge self (got --judge {judge_name})")
+    if judge_model is not None:
+        from ..models import _resolve, check_model_folder
+        name, local = _resolve(judge_model)
+        if local:  # a missing or empty judge folder is one line before the policy loads
+            check_model_folder(name)
+    model_name = args.model or ("review-self" if kind == "self" else "review-sft")
     tok = load_tokenizer(model_name if args.model else "tokenizer")
-    judge = make_judge(args.judge or "review-rm", tok, ocfg.k)
     policy, ref = load_model(model_name), load_model(model_name).eval()
+    judge = make_judge(judge_name, tok, ocfg.k, policy=policy)
     prompts = [r["prompt"] for r in load_split("reviews", "prefs_train")]
     evals = [r["prompt"] for r in load_split("reviews", "prompts_test")[:128]]
+    extra = {}
+    if kind == "self":
+        from ..judges.pairwise import review_judging_rows
+        extra["held_out_fn"] = _held_out_pointwise(tok)
+        if ocfg.judge_refresh_steps:
+            extra["judge_rows"] = review_judging_rows(seed=cfg.seed)
     t0 = time.time()
     log = online_dpo(policy, ref, tok, prompts, judge, ocfg, gold_fn=gold_rewards, eval_prompts=evals,
-                     logger=metrics_logger(args, "dpo-online", cfg))
+                     logger=metrics_logger(args, "dpo-online", cfg), **extra)
     for r in log.rows:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
-    last = log.rows[-1]
-    summary = {"method": f"online {cfg.loss_type} (judge {args.judge or 'review-rm'}, k={ocfg.k})", "model": model_name,
-               "iterations": ocfg.iterations, "pairs": sum(r["pairs"] for r in log.rows),
-               "gold_reward": last.get("eval/gold"), "kl": last.get("eval/kl"),
+    kept = kept_rows(log.rows)
+    last = kept[-1] if kept else {}
+    summary = {"method": f"online {cfg.loss_type} (judge {judge_name}, k={ocfg.k})", "model": model_name,
+               "iterations": len(kept), "pairs": sum(r["pairs"] for r in kept),
+               "gold_reward": last.get("eval/gold"), "kl": last.get("eval/kl", 0.0 if not kept else None),
                "judge_gold_agreement": [round(r.get("judge_gold_agreement", float("nan")), 4) for r in log.rows],
+               **({"held_out_agreement": [round(r["judge/held_out_agreement"], 4) for r in log.rows]}
+                  if kind == "self" else {}),
+               "guard": next((r["guard"] for r in log.rows if "guard" in r), None),
                "seconds": round(time.time() - t0, 1)}
     return finish(args, "dpo-online", log, summary, policy, tok, ["eval/gold", "eval/kl", "judge_gold_agreement"],
                   x="iteration")

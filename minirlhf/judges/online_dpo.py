@@ -16,6 +16,16 @@ turned into scores by a round robin (`pairwise.group_scores_from_pairs`) or the 
 verdicts all fit. Because the world has a gold reward, every iteration also records how often the
 judge's pair agrees with gold, and the policy's gold reward and KL to the reference: a judge whose
 agreement falls as the policy moves is drifting (its inputs leave its training distribution).
+
+What a practitioner adds around the loop (notebook 10, section 5; docs/judges.md):
+
+* guards, checked after each round: the policy's sequence KL to pi_ref on held-out prompts (gold-free:
+  `max_kl`) and the judge's agreement with labels on a fixed held-out set of pairs (`held_out_fn`,
+  `min_held_out_agreement`: a small labelled set, the only outside check a self-judge gets). A tripped
+  guard either undoes the round (the weights before it come back) and ends the loop, or only flags it;
+* retraining the judging skill each round (`judge_refresh_steps`, `judge_rows`): after the round's DPO,
+  a few SFT steps on the judging examples (Yuan et al.'s EFT data), so that a self-judge keeps what it
+  was taught while DPO moves its writing (Meta-Rewarding, Wu et al. 2024, trains the judge every round).
 """
 
 from __future__ import annotations
@@ -30,8 +40,10 @@ from ..dpo import DPOConfig, train_dpo
 from ..errors import ConfigError, check_config
 from ..evaluate import sequence_kl
 from ..lm import generate
+from ..sft import SFTConfig, train_sft
 from ..utils import MetricsLogger, set_seed
 
+GUARD_ACTIONS = ("stop", "flag")
 JudgeFn = Callable[[list[str], list[str]], list[float]]  # (prompts, completions) -> scores, rows grouped k by k
 
 
@@ -56,10 +68,26 @@ class OnlineDPOConfig:
     """The DPO step (loss type, beta, lr, batch size); `steps` is set per round from `epochs`."""
     seed: int = 0
     """Seed of prompt order and sampling."""
+    max_kl: float = 0.0
+    """Guard (0: off): a round that leaves the policy's sequence KL to the reference (on `eval_prompts`) above
+    this trips the guard. Gold-free: a runaway round (a collapsed policy) shows here first."""
+    min_held_out_agreement: float = 0.0
+    """Guard (0: off): a round after which the judge agrees with the labels of a fixed held-out set of pairs
+    (`held_out_fn`) on fewer than this fraction trips the guard."""
+    guard_action: str = "stop"
+    """What a tripped guard does: "stop" (restore the weights from before the round, end the loop) or "flag"
+    (log it and go on)."""
+    judge_refresh_steps: int = 0
+    """Retrain the judging skill each round (0: off): after the round's DPO, this many SFT steps on the
+    `judge_rows` given to `online_dpo` (the judge's own training examples)."""
+    judge_refresh: SFTConfig = field(default_factory=lambda: SFTConfig(lr=3e-4, batch_size=32, warmup_steps=0,
+                                                                       max_length=384, log_every=1000))
+    """The refresh SFT (lr, batch size); `steps` is `judge_refresh_steps`, the seed changes each round."""
 
     def validate(self) -> None:
         check_config(self, at_least_1=("iterations", "prompts_per_iteration", "max_new_tokens"),
-                     positive=("epochs",), non_negative=("temperature",))
+                     positive=("epochs",), non_negative=("temperature", "max_kl", "judge_refresh_steps"),
+                     fractions=("min_held_out_agreement",), choices={"guard_action": GUARD_ACTIONS})
         if self.k < 2:
             raise ConfigError(f"--k must be >= 2 (a best and a worst response), got {self.k}")
         self.dpo.validate()
@@ -86,10 +114,30 @@ def best_worst_pairs(prompts: list[str], completions: list[str], scores: list[fl
     return rows
 
 
+def guard_reasons(row: dict, cfg: OnlineDPOConfig) -> list[str]:
+    """Why a round's logged row trips the guards of `cfg` (empty: it passes). A guard that is off (0) or
+    whose number was not logged (no eval prompts, no held-out set) never trips."""
+    reasons = []
+    if cfg.max_kl > 0 and row.get("eval/kl", 0.0) > cfg.max_kl:
+        reasons.append(f"KL {row['eval/kl']:.1f} > {cfg.max_kl:g}")
+    agree = row.get("judge/held_out_agreement")
+    if cfg.min_held_out_agreement > 0 and agree is not None and agree < cfg.min_held_out_agreement:
+        reasons.append(f"held-out agreement {agree:.3f} < {cfg.min_held_out_agreement:g}")
+    return reasons
+
+
+def kept_rows(rows: list[dict]) -> list[dict]:
+    """The rounds whose policy was kept (a round undone by a guard dropped): the last one describes the
+    policy `online_dpo` returns (none kept: the starting policy)."""
+    return [r for r in rows if not r.get("guard/rolled_back")]
+
+
 def online_dpo(policy, ref, tokenizer, prompts: list[str], judge: JudgeFn, cfg: OnlineDPOConfig = OnlineDPOConfig(),
                gold_fn: Callable[[list[str], list[str]], list[float]] | None = None,
                eval_prompts: list[str] | None = None, logger: MetricsLogger | None = None,
-               on_iteration: Callable[[int, object], None] | None = None) -> MetricsLogger:
+               on_iteration: Callable[[int, object], None] | None = None,
+               held_out_fn: Callable[[object], float] | None = None,
+               judge_rows: list[dict] | None = None) -> MetricsLogger:
     """Run `cfg.iterations` rounds of sample -> judge -> DPO on `policy` (in place); returns the log.
 
     `ref` is the fixed DPO reference (pi_0). `judge(prompts, completions)` scores rows grouped k by
@@ -97,12 +145,25 @@ def online_dpo(policy, ref, tokenizer, prompts: list[str], judge: JudgeFn, cfg: 
     gold of the samples; with `eval_prompts`, the policy's gold reward and KL to `ref` after the
     round (`evaluate.sequence_kl`, one sample per prompt). `on_iteration(t, policy)` is called after
     each round (e.g. to update a self-judge that is a copy of the policy).
+
+    `held_out_fn(policy) -> agreement` is called after each round and logged as
+    `judge/held_out_agreement` (for a self-judge: its grades of a fixed labelled set). With
+    `cfg.judge_refresh_steps`, each round ends with that many SFT steps on `judge_rows`. A round that
+    trips a guard (`guard_reasons`) is logged with `guard` (the reasons) and `guard/tripped`; with
+    `guard_action="stop"` its weights are undone (`guard/rolled_back`) and the loop ends there.
     """
     cfg.validate()
+    if cfg.judge_refresh_steps and not judge_rows:
+        raise ConfigError("judge_refresh_steps > 0 needs the judging rows to retrain on (judge_rows)")
+    if cfg.min_held_out_agreement > 0 and held_out_fn is None:
+        raise ConfigError("min_held_out_agreement > 0 needs a held-out check (held_out_fn)")
+    if cfg.max_kl > 0 and eval_prompts is None:
+        raise ConfigError("max_kl > 0 needs eval_prompts to measure the KL on")
     g = set_seed(cfg.seed)
     logger = logger or MetricsLogger()
     order = torch.randperm(len(prompts), generator=g).tolist()
     cursor = 0
+    guarded = cfg.guard_action == "stop" and (cfg.max_kl > 0 or cfg.min_held_out_agreement > 0)
     for t in range(cfg.iterations):
         # 1. k responses for each of this round's prompts, from the current policy
         if cursor + cfg.prompts_per_iteration > len(order):
@@ -115,13 +176,15 @@ def online_dpo(policy, ref, tokenizer, prompts: list[str], judge: JudgeFn, cfg: 
         # 2-3. the judge ranks each group; best vs worst
         scores = judge(repeated, completions)
         pairs = best_worst_pairs(repeated, completions, scores, cfg.k)
-        row = {"iteration": t + 1, "pairs": len(pairs)}
+        row = {"iteration": t + 1, "pairs": len(pairs),
+               "sample_length": sum(len(c) for c in completions) / len(completions)}
         if gold_fn is not None and pairs:
             gw = gold_fn([r["prompt"] for r in pairs], [r["chosen"] for r in pairs])
             gl = gold_fn([r["prompt"] for r in pairs], [r["rejected"] for r in pairs])
             decided = [(a, b) for a, b in zip(gw, gl) if a != b]
             row["judge_gold_agreement"] = sum(a > b for a, b in decided) / max(1, len(decided))
             row["sample_gold"] = sum(gold_fn(repeated, completions)) / len(completions)
+        before = copy.deepcopy(policy.state_dict()) if guarded else None
         # 4. DPO on the pairs, reference fixed at pi_0
         if pairs:
             steps = max(1, int(-(-cfg.epochs * len(pairs) // cfg.dpo.batch_size)))
@@ -129,11 +192,26 @@ def online_dpo(policy, ref, tokenizer, prompts: list[str], judge: JudgeFn, cfg: 
             dlog = train_dpo(policy, tokenizer, pairs, dcfg, ref_model=ref)
             row.update({"dpo_steps": steps, "dpo_loss": dlog.rows[-1]["loss"],
                         "dpo_accuracy": dlog.rows[-1]["rewards/accuracies"]})
+        # 4b. retrain the judging skill on its own examples (self-rewarding, Meta-Rewarding style)
+        if cfg.judge_refresh_steps:
+            slog = train_sft(policy, tokenizer, judge_rows,
+                             replace(cfg.judge_refresh, steps=cfg.judge_refresh_steps, seed=cfg.seed + 100 + t))
+            row["judge_refresh_loss"] = slog.rows[-1]["loss"]
         policy.eval()
         if eval_prompts is not None:
             ev = sequence_kl(policy, ref, tokenizer, eval_prompts, cfg.max_new_tokens, gold_fn=gold_fn)
             row.update({"eval/kl": ev["kl"], **({"eval/gold": ev["gold_reward"]} if "gold_reward" in ev else {})})
+        if held_out_fn is not None:
+            row["judge/held_out_agreement"] = float(held_out_fn(policy))
+        reasons = guard_reasons(row, cfg)
+        if reasons:
+            row.update({"guard": "; ".join(reasons), "guard/tripped": 1.0})
+            if before is not None:  # undo the round: the policy goes back to its weights before it
+                policy.load_state_dict(before)
+                row["guard/rolled_back"] = 1.0
         logger.log(row)
+        if row.get("guard/rolled_back"):
+            break
         if on_iteration is not None:
             on_iteration(t, policy)
     return logger

@@ -154,3 +154,16 @@ def group_scores_from_pairs(prob_fn: PairProbFn, prompts: list[str], completions
         wins[i] += pij
         wins[j] += 1.0 - pij
     return (wins / (k - 1)).tolist()
+
+
+def review_judging_rows(n_pairs: int = 4000, n_points: int = 1000, seed: int = 0) -> list[dict]:
+    """The judging rows `review-judge` and `review-self` were trained on (`judges/build.py`): pairwise rows from
+    the first `n_pairs` prefs_train pairs and pointwise rows from the first `n_points` SFT reviews, gold-labelled,
+    shuffled. What a self-rewarding loop retrains on each round (`online_dpo.OnlineDPOConfig.judge_refresh_steps`)."""
+    from ..worlds import reviews
+    from ..zoo import load_split
+
+    rows = pairwise_rows(load_split("reviews", "prefs_train")[:n_pairs], reviews.gold_reward, seed)
+    rows += pointwise_rows(load_split("reviews", "sft")[:n_points], reviews.gold_reward)
+    random.Random(seed).shuffle(rows)
+    return rows
