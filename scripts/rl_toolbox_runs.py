@@ -4,10 +4,14 @@
     python scripts/rl_toolbox_runs.py passk SEED          # GRPO (beta 0) vs pass@k training (k 4), + pass@k on 64 test prompts
     python scripts/rl_toolbox_runs.py entropy SEED        # GRPO vs entropy bonus, Clip-Cov, KL-Cov, forking tokens (60 steps)
     python scripts/rl_toolbox_runs.py offpolicy SEED      # stale rollouts (2, 4) and sampler T 0.7, with/without TIS, CISPO
+    python scripts/rl_toolbox_runs.py offpolicy_mis SEED  # masked IS in training; a sampler with bf16-rounded weights
+    python scripts/rl_toolbox_runs.py rft_kl SEED         # RFT vs GRPO at equal KL: held-out trace and KL to SFT per checkpoint
 
 From arith-sft with the trace reward, one torch thread; prints one JSON line per run and a FINAL line with the paired
 bootstraps over the 500 test chains (and the 64 pass@k prompts). reinforce_pp / passk: about 80-100 s of CPU per job;
-entropy and offpolicy: 5 and 7 runs of 60 steps x 16 x 8 (about 35 s of CPU each, plus pass@k for entropy).
+entropy, offpolicy, offpolicy_mis: 5, 7, 5 runs of 60 steps x 16 x 8 (about 35 s of CPU each, plus pass@k for entropy).
+rft_kl: GRPO (80 steps, eval every 20) and RFT at lr 3e-4 and 1e-4 (4 rounds of 320 x 8, eval every round); each
+checkpoint's sequence KL to arith-sft (one sample per prompt on test[:200], `evaluate.sequence_kl`) and trace accuracy.
 """
 import json
 import statistics
@@ -16,8 +20,9 @@ import time
 
 import torch
 
-from minirlhf.evaluate import eval_arithmetic
+from minirlhf.evaluate import eval_arithmetic, sequence_kl
 from minirlhf.grpo import pass_at_k, preset, train_grpo
+from minirlhf.rft import RFTConfig, train_rft
 from minirlhf.lm import generate
 from minirlhf.models import load_model, load_tokenizer
 from minirlhf.stats import paired_bootstrap
@@ -45,8 +50,17 @@ JOBS = {
                   ("sampler_T0.7_tis", "grpo", dict(beta=0.0, sampler_temperature=0.7, is_correction="tis", is_cap=2.0)),
                   ("sampler_T0.7_cispo_tis", "cispo", dict(beta=0.0, sampler_temperature=0.7, is_correction="tis",
                                                            is_cap=2.0))],
+    # item 4, continued: masked IS (band [0.5, 2]) in training, and a sampler whose weights are rounded to bf16
+    "offpolicy_mis": [("on_policy", "grpo", dict(beta=0.0)),
+                      ("stale_4_mis", "grpo", dict(beta=0.0, staleness=4, is_correction="mis")),
+                      ("sampler_T0.7_mis", "grpo", dict(beta=0.0, sampler_temperature=0.7, is_correction="mis")),
+                      ("sampler_bf16", "grpo", dict(beta=0.0, sampler_precision="bfloat16")),
+                      ("sampler_bf16_tis", "grpo", dict(beta=0.0, sampler_precision="bfloat16", is_correction="tis",
+                                                        is_cap=2.0))],
+    # RFT vs GRPO at equal KL (run_rft_kl below): GRPO as in the toolbox table, RFT at two learning rates
+    "rft_kl": [],
 }
-STEPS = {"reinforce_pp": 80, "passk": 80, "entropy": 60, "offpolicy": 60}
+STEPS = {"reinforce_pp": 80, "passk": 80, "entropy": 60, "offpolicy": 60, "offpolicy_mis": 60, "rft_kl": 80}
 WITH_PASS_AT_K = ("passk", "entropy")
 
 if len(sys.argv) != 3 or sys.argv[1] not in JOBS or not sys.argv[2].isdigit():
@@ -89,6 +103,48 @@ def summarise_log(rows):
         out["ratio_mean_mean"] = statistics.mean(r["offpolicy/ratio_mean"] for r in offpolicy)
         if "offpolicy/frac_truncated" in offpolicy[0]:
             out["frac_truncated_mean"] = statistics.mean(r["offpolicy/frac_truncated"] for r in offpolicy)
+        if "offpolicy/frac_masked" in offpolicy[0]:
+            out["frac_masked_mean"] = statistics.mean(r["offpolicy/frac_masked"] for r in offpolicy)
+    return out
+
+
+def run_rft_kl(sft_trace):
+    """GRPO (grpo preset, beta 0.04, lr 1e-4, 80 x 16 x 8) and RFT (4 x 320 x 8, lr 3e-4 and 1e-4): at every
+    checkpoint the sequence KL to arith-sft and the per-prompt trace correctness; then, against GRPO's final
+    checkpoint, the paired difference of the RFT checkpoint with the nearest KL (and of RFT's last one)."""
+    kl_prompts = [r["prompt"] for r in test[:200]]
+    curves = {}
+
+    def recorder(name):
+        def eval_fn(model):
+            _, trace = per_prompt(model)
+            point = {"kl": sequence_kl(model, sft, tokenizer, kl_prompts)["kl"], "trace": statistics.mean(trace)}
+            curves.setdefault(name, []).append({**point, "per_prompt": trace})
+            return point
+        return eval_fn
+
+    cpu = {}
+    c = time.process_time()
+    train_grpo(load_model("arith-sft"), tokenizer, train_prompts, [arithmetic_trace_reward],
+               preset("grpo", lr=1e-4, warmup_steps=10, steps=80, eval_every=20, seed=seed), eval_fn=recorder("grpo"))
+    cpu["grpo"] = time.process_time() - c
+    for name, lr in (("rft_lr3e-4", 3e-4), ("rft_lr1e-4", 1e-4)):
+        c = time.process_time()
+        train_rft(load_model("arith-sft"), tokenizer, train_prompts, arithmetic_trace_reward,
+                  RFTConfig(iterations=4, prompts_per_iteration=320, samples_per_prompt=8, lr=lr, seed=seed),
+                  eval_fn=recorder(name))
+        cpu[name] = time.process_time() - c
+    grpo_end = curves["grpo"][-1]
+    out = {name: [{"kl": p["kl"], "trace": p["trace"]} for p in pts] for name, pts in curves.items()}
+    out["cpu"] = cpu
+    rft_points = [(name, i, p) for name in curves if name != "grpo" for i, p in enumerate(curves[name]) if i > 0]
+    name, i, nearest = min(rft_points, key=lambda t: abs(t[2]["kl"] - grpo_end["kl"]))
+    out["nearest_rft"] = {"run": name, "round": i, "kl": nearest["kl"], "trace": nearest["trace"],
+                          "minus_grpo": str(paired_bootstrap(nearest["per_prompt"], grpo_end["per_prompt"]))}
+    out["grpo_end"] = {"kl": grpo_end["kl"], "trace": grpo_end["trace"],
+                       "minus_sft": str(paired_bootstrap(grpo_end["per_prompt"], sft_trace))}
+    for name in ("rft_lr3e-4", "rft_lr1e-4"):
+        out[f"{name}_end_minus_grpo"] = str(paired_bootstrap(curves[name][-1]["per_prompt"], grpo_end["per_prompt"]))
     return out
 
 
@@ -99,6 +155,10 @@ out = {"job": job, "seed": seed, "steps": STEPS[job], "sft_trace": statistics.me
 if job in WITH_PASS_AT_K:
     passk = {"sft": pass_at_ks(sft)}
     out["sft"] = {f"pass@{k}": statistics.mean(v) for k, v in passk["sft"].items()}
+if job == "rft_kl":
+    out.update(run_rft_kl(sft_trace))
+    print("FINAL", json.dumps(out), flush=True)
+    sys.exit(0)
 traces = {}
 for name, variant, overrides in JOBS[job]:
     policy = load_model("arith-sft")
