@@ -151,10 +151,12 @@ BUILD_STEPS: dict[str, Callable[[], dict]] = {
     "rm-ensemble": _lazy("minirlhf.reward_hacking.ensemble_build", "build_ensemble"),  # review-rm's siblings + WARM
     "rm-odin": _lazy("minirlhf.reward_hacking.odin", "build_odin"),  # two-head (quality + length) reward model
     "rm-heldout": _lazy("minirlhf.reward_hacking.ensemble_build", "build_held_out"),  # an RM trained on prefs_test
+    "rm-diverse": _lazy("minirlhf.reward_hacking.diverse", "build_diverse"),  # the monitor's diverse ensemble (~2 CPU min)
     "diffusion": _lazy("minirlhf.diffusion.models", "build_shipped"),
     "arith-verifiers": _lazy("minirlhf.prm_build", "build_verifiers"),
     "judges": _lazy("minirlhf.judges.build", "build_judges"),  # arith-genrm, review-judge, review-self (~1.5, 1.5, 2.6 CPU min; 9-12 min wall each under load)
     "genrm-cot": _lazy("minirlhf.judges.build", "build_genrm_cot"),  # arith-genrm-cot: the written check, then the verdict
+    "rubric-judge": _lazy("minirlhf.judges.rubric_learned", "build_learned_rubric"),  # review-rubric: one yes/no question per criterion
 }
 
 
