@@ -57,13 +57,7 @@ def run_seed(seed: int, tok, only: list[str] | None = None) -> dict:
     test = load_split("reviews", "prefs_test")
     start = (seed * 400) % (len(test) - 400)
     pairs = test[start:start + 400]
-    ps, a, b = [r["prompt"] for r in pairs], [r["chosen"] for r in pairs], [r["rejected"] for r in pairs]
-    ga = torch.tensor([reviews.gold_reward(p + x) for p, x in zip(ps, a)])
-    gb = torch.tensor([reviews.gold_reward(p + x) for p, x in zip(ps, b)])
-
-    def held_out(m):
-        pa, pb = pairwise.pointwise_probs(m, tok, ps, a), pairwise.pointwise_probs(m, tok, ps, b)
-        return pairwise.gold_agreement(0.5 + 0.5 * (pa - pb), ga, gb)
+    held_out = pairwise.pointwise_agreement_fn(tok, pairs, reviews.gold_reward)
 
     judge_rows = pairwise.review_judging_rows(seed=0)
     write_rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in load_split("reviews", "sft")[-2500:]]

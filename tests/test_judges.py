@@ -174,6 +174,16 @@ def test_pairwise_rows_are_labelled_by_gold_in_both_slots():
                                    torch.tensor([0.0, 1.0, 1.0])) == pytest.approx(2 / 3)
 
 
+def test_pointwise_agreement_compares_the_grades_of_both_answers(monkeypatch):
+    pairs = [{"prompt": "p", "chosen": " great .", "rejected": " awful ."},   # gold: chosen better
+             {"prompt": "p", "chosen": " awful .", "rejected": " great ."},   # gold: rejected better
+             {"prompt": "p", "chosen": " good .", "rejected": " bad ."}]      # gold: chosen better
+    grades = {" great .": 0.9, " awful .": 0.2, " good .": 0.3, " bad .": 0.6}  # a judge wrong on the third pair
+    monkeypatch.setattr(pairwise, "pointwise_probs", lambda m, tok, ps, cs: torch.tensor([grades[c] for c in cs]))
+    agreement = pairwise.pointwise_agreement_fn(None, pairs, reviews.gold_reward)
+    assert agreement(model=None) == pytest.approx(2 / 3)
+
+
 # --- rubric rewards ---------------------------------------------------------------------------------
 
 TEXTS = ["the film was great .", "the film was great and great, and it was very good and fun, but the plot was really nice .",

@@ -216,15 +216,7 @@ def _held_out_pointwise(tok, n: int = 400):
     from ..worlds import reviews
     from ..zoo import load_split
 
-    rows = load_split("reviews", "prefs_test")[:n]
-    ps, a, b = [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows]
-    ga = torch.tensor([reviews.gold_reward(p + x) for p, x in zip(ps, a)])
-    gb = torch.tensor([reviews.gold_reward(p + x) for p, x in zip(ps, b)])
-
-    def held_out(m):
-        pa, pb = pairwise.pointwise_probs(m, tok, ps, a), pairwise.pointwise_probs(m, tok, ps, b)
-        return pairwise.gold_agreement(0.5 + 0.5 * (pa - pb), ga, gb)
-    return held_out
+    return pairwise.pointwise_agreement_fn(tok, load_split("reviews", "prefs_test")[:n], reviews.gold_reward)
 
 
 def run_online_dpo(args, cfg) -> dict:

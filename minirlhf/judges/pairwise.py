@@ -111,6 +111,20 @@ def gold_agreement(p_a_wins: Tensor, gold_a: Tensor, gold_b: Tensor) -> float:
     return ((p_a_wins[keep] > 0.5) == (gold_a[keep] > gold_b[keep])).double().mean().item()
 
 
+def pointwise_agreement_fn(tokenizer, pairs: list[dict], gold_fn: Callable[[str], float]) -> Callable:
+    """`fn(model) -> float`: how often the model's pointwise grades, compared, order the fixed `pairs`
+    (prompt/chosen/rejected) as gold does: p(a > b) = 1/2 + (p_Y(a) - p_Y(b)) / 2 (the online loop's
+    held-out check on a self-judge). Gold is scored once, here."""
+    ps, a, b = [r["prompt"] for r in pairs], [r["chosen"] for r in pairs], [r["rejected"] for r in pairs]
+    gold_a = torch.tensor([gold_fn(p + x) for p, x in zip(ps, a)])
+    gold_b = torch.tensor([gold_fn(p + x) for p, x in zip(ps, b)])
+
+    def agreement(model) -> float:
+        pa, pb = pointwise_probs(model, tokenizer, ps, a), pointwise_probs(model, tokenizer, ps, b)
+        return gold_agreement(0.5 + 0.5 * (pa - pb), gold_a, gold_b)
+    return agreement
+
+
 def pairwise_rows(pairs: list[dict], gold_fn: Callable[[str], float], seed: int = 0) -> list[dict]:
     """SFT rows for a pairwise judge from prompt/chosen/rejected pairs, labelled by gold (not by the
     pair's noisy label); the order of the two is drawn at random, so 'A' and 'B' are equally often right.
