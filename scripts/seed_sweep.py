@@ -69,12 +69,14 @@ def run_one(notebook: pathlib.Path, seed: int, out: pathlib.Path, timeout: int, 
     from nbconvert.preprocessors import ExecutePreprocessor
 
     nb = nbformat.read(notebook, as_version=4)
-    env_before = {k: os.environ.get(k) for k in ("MINIRLHF_SEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND")}
+    env_before = {k: os.environ.get(k) for k in ("MINIRLHF_SEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND",
+                                                 "MINIRLHF_WRITE_DOCS")}
     # the kernel inherits this process's environment when it starts
     os.environ.update(MINIRLHF_SEED=str(seed), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                       TOKENIZERS_PARALLELISM="false")
     if figures:  # the kernel's inline backend draws the figures into the outputs
         os.environ.pop("MPLBACKEND", None)
+        os.environ["MINIRLHF_WRITE_DOCS"] = "1"  # and a notebook may refresh its figure under docs/ (04: frontier.png)
     else:        # Agg skips them (a sweep does not need them)
         os.environ["MPLBACKEND"] = "Agg"
     ep = ExecutePreprocessor(timeout=timeout, allow_errors=True, kernel_name="python3")
