@@ -93,12 +93,12 @@ def _review_rows(seed: int) -> dict[str, dict]:
 
     def online_dpo(judge="review-rm", **guards):
         def run():  # 3 rounds: 64 prompts x 4 samples, the judge picks best vs worst, DPO (notebook 10, sections 4-5)
-            from .commands.judges import _held_out_pointwise, make_judge
+            from .judges.factory import held_out_pointwise, make_judge
             from .judges.online_dpo import OnlineDPOConfig, online_dpo as run_online
             from .judges.pairwise import review_judging_rows
             start = "review-self" if judge == "self" else "review-sft"  # self-rewarding: a policy that can judge
             policy, start_ref = load_model(start), load_model(start).eval()
-            extra = {"held_out_fn": _held_out_pointwise(tok), "judge_rows": review_judging_rows(seed=seed),
+            extra = {"held_out_fn": held_out_pointwise(tok), "judge_rows": review_judging_rows(seed=seed),
                      "eval_prompts": held_out} if guards else {}  # the guards' KL is to the start, on held-out prompts
             run_online(policy, start_ref, tok, prompts, make_judge(judge, tok, 4, policy=policy),
                        OnlineDPOConfig(prompts_per_iteration=64, epochs=3.0, seed=seed, **guards,
@@ -196,6 +196,8 @@ def _arith_rows(seed: int) -> dict[str, dict]:
             # pass@k training (Chen et al. 2025; k 4, beta 0): same pass@1 as GRPO, higher pass@16 (docs/rl_toolbox.md)
             "GRPO, pass@k advantages (k 4)": variant("pass_at_k", with_pass_at_16=True),
             "RFT (rejection sampling + SFT, same samples)": rft,
+            # the positive-only policy gradient (Xiong et al. 2025) in expert iteration's batch shape: 15,360 samples
+            "RAFT++ (positive-only PG, 6 x 320 x 8)": variant("raft_pp", lr=3e-4, warmup_steps=3, mu=30, steps=6),
             "best-of-16 (arith-orm)": best_of_16("arith-orm"),
             "best-of-16 (arith-prm-gold, min)": best_of_16("arith-prm-gold"),
             "best-of-16 (arith-genrm)": best_of_16("arith-genrm"),

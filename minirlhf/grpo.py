@@ -24,6 +24,8 @@ with the k3 estimator for the KL (Eq. 4). The variants change one or two pieces 
     clip_cov, kl_cov   GRPO + Cui et al. (2025)'s covariance tools (2 % of tokens: our batches are small)
     forking   DAPO, policy gradient on the 20 % highest-entropy tokens only (Wang et al., 2025)
     pass_at_k advantages from the group's unbiased pass@4 (Chen et al., 2025, Sec. 3.3)
+    raft_pp   1[correct] on each distinct correct completion, 0 else (no baseline); the rows with A = 0
+              dropped; 320 prompts x 8 per step, 30 clipped updates on minibatches of 64 (Xiong et al., 2025)
 
 The issue-18 toolbox is a set of fields, each off by default (the presets above switch them on):
 `kl_estimator` x `kl_placement` (where the KL goes: rl.expected_kl_gradient shows which gives the
@@ -32,8 +34,9 @@ tokens), `policy_loss="cispo"`, `overlong_filter`, and the off-policy knobs `sta
 `sampler_temperature` with the corrections `is_correction` = "tis" / "mis".
 
 Where we depart from the papers (all for a laptop CPU and a 0.2M-parameter model):
-* One rollout batch is reused for `mu` full-batch updates (no minibatches); the old policy is
-  the policy that sampled, so the ratio is exactly 1 on the first update (logged and tested).
+* One rollout batch is reused for `mu` full-batch updates (random minibatches of `minibatch_size` rows
+  when it is set: the raft_pp preset); the old policy is the policy that sampled, so the ratio is
+  exactly 1 on the first update (logged and tested).
 * DAPO's dynamic sampling keeps sampling (up to `max_sampling_rounds` rounds) to fill the batch
   with groups of non-zero reward variance; if the rounds run out it trains on the groups it has.
   Groups are filtered on the *total* reward (what the advantage sees), not only on accuracy.
@@ -120,7 +123,11 @@ class GRPOConfig:
     """Divide group-centred rewards by the group std (GRPO); False is Dr. GRPO."""
     advantage: str = "group"
     """"group" (GRPO: group mean baseline), "rloo" (leave-one-out), "batch" (REINFORCE++: whitened over the
-    whole batch, not per group) or "pass_at_k" (Chen et al. 2025: the group's pass@`pass_k`, binary rewards)."""
+    whole batch, not per group), "pass_at_k" (Chen et al. 2025: the group's pass@`pass_k`, binary rewards) or
+    "positive" (RAFT++, Xiong et al. 2025: 1 for a completion with reward > 0.5, else 0; no baseline)."""
+    positive_distinct: bool = True
+    """"positive" advantage: credit each distinct correct completion of a prompt once (RFT's dedup; a copy of
+    an earlier completion of its group gets 0). Without it a prompt solved the same way 8 times weighs 8x."""
     pass_k: int = 4
     """k of the "pass_at_k" advantage (below group_size: with k = G a group with one right answer is all 1)."""
     policy_loss: str = "clip"
@@ -187,6 +194,11 @@ class GRPOConfig:
     """Write the checkpoint every this many steps (0: never)."""
     resume: bool = False
     """Continue from `checkpoint_dir` if a checkpoint is there."""
+    minibatch_size: int = 0
+    """Each of the `mu` updates uses a random minibatch of this many rows of the batch (0: the whole batch)."""
+    drop_zero_advantage: bool = False
+    """Drop the rows whose advantage is exactly 0 before the updates (no policy gradient, they only dilute the
+    per-sequence mean and cost compute; with beta > 0 they would have carried the KL term)."""
     micro_batch_size: int = 0
     """Completions per forward/backward pass (0: all B * G at once); gradients accumulate to the full
     batch's exactly (accumulate.py; Clip-Cov, KL-Cov and forking tokens then select within each micro-batch)."""
@@ -200,9 +212,9 @@ class GRPOConfig:
                                "mis_high"),
                      non_negative=("warmup_steps", "max_grad_norm", "beta", "clip_low", "clip_high",
                                    "overlong_cache", "eval_every", "entropy_coef", "cov_ratio", "kl_cov_coef",
-                                   "staleness", "mis_low", "micro_batch_size"),
+                                   "staleness", "mis_low", "micro_batch_size", "minibatch_size"),
                      fractions=("entropy_top_frac",),
-                     choices={"variant": PRESETS, "advantage": ("group", "rloo", "batch", "pass_at_k"),
+                     choices={"variant": PRESETS, "advantage": ADVANTAGES,
                               "importance": ("token", "sequence"), "loss_agg": rl.AGGREGATIONS,
                               "kl_estimator": rl.KL_ESTIMATORS, "kl_placement": rl.KL_PLACEMENTS,
                               "policy_loss": ("clip", "cispo"), "cov_method": ("none", "clip_cov", "kl_cov"),
@@ -215,6 +227,9 @@ class GRPOConfig:
             raise ConfigError("--entropy-top-frac must be in (0, 1], got 0 (no token would keep a gradient)")
         check_checkpointing(self)
 
+
+ADVANTAGES = ("group", "rloo", "batch", "pass_at_k", "positive")
+"""The choices of `GRPOConfig.advantage` (compute_advantages)."""
 
 PRESETS: dict[str, dict] = {
     "grpo": dict(beta=0.04),  # Shao et al. 2024, Eq. 3: per-sequence token mean, std scaling, KL in the loss
@@ -233,6 +248,10 @@ PRESETS: dict[str, dict] = {
     "forking": dict(clip_high=0.28, loss_agg="token_mean", dynamic_sampling=True,  # Wang et al. 2025, on DAPO
                     overlong_cache=16, overlong_filter=True, entropy_top_frac=0.2),
     "pass_at_k": dict(advantage="pass_at_k", pass_k=4),  # Chen et al. 2025, Sec. 3.3
+    # Xiong et al. 2025 (RAFT++): the policy gradient of rejection sampling, no KL; the batch shape of
+    # expert iteration (a large sample batch, many minibatch steps on its correct chains): docs/grpo.md
+    "raft_pp": dict(advantage="positive", beta=0.0, drop_zero_advantage=True, prompts_per_step=320, mu=30,
+                    minibatch_size=64, steps=6, warmup_steps=3, eval_every=1),
 }
 
 
@@ -257,8 +276,10 @@ def dynamic_sampling_filter(rewards: Tensor) -> Tensor:
     return rewards.max(dim=1).values > rewards.min(dim=1).values
 
 
-def compute_advantages(rewards: Tensor, cfg: GRPOConfig) -> Tensor:
-    """rewards: (B, G) -> advantages (B, G), one per completion (shared by all its tokens)."""
+def compute_advantages(rewards: Tensor, cfg: GRPOConfig, first: Tensor | None = None) -> Tensor:
+    """rewards: (B, G) -> advantages (B, G), one per completion (shared by all its tokens).
+    first: (B, G) bool, the first copy of each distinct completion (rl.first_copies), used by "positive"
+    when cfg.positive_distinct."""
     if cfg.advantage == "rloo":
         return rl.rloo_advantages(rewards)
     if cfg.advantage == "group":
@@ -267,7 +288,9 @@ def compute_advantages(rewards: Tensor, cfg: GRPOConfig) -> Tensor:
         return rl.batch_advantages(rewards, eps=cfg.adv_eps)
     if cfg.advantage == "pass_at_k":  # binary rewards: a completion is correct when its reward is > 0.5
         return rl.pass_at_k_advantages(rewards > 0.5, cfg.pass_k, eps=cfg.adv_eps)
-    raise ValueError(f"unknown advantage {cfg.advantage!r}; choose 'group', 'rloo', 'batch' or 'pass_at_k'")
+    if cfg.advantage == "positive":  # RAFT++: binary rewards, as pass_at_k
+        return rl.positive_advantages(rewards > 0.5, first if cfg.positive_distinct else None)
+    raise ValueError(f"unknown advantage {cfg.advantage!r}; choose one of {ADVANTAGES}")
 
 
 def token_advantages(advantages: Tensor, rewards: Tensor, old_logp: Tensor, ref_logp: Tensor | None,
@@ -581,7 +604,9 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
                                     "completion_length/max": lengths.max().item(),
                                     "completion/ended": rollout.ended.float().mean().item(), **reward_means})
             # 3. group-relative advantages (computed per group, so filtering cannot change them)
-            advantages = compute_advantages(rewards, cfg)  # (B, G)
+            first = (rl.first_copies(rearrange(rollout.input_ids, "(b g) t -> b g t", g=G))
+                     if cfg.advantage == "positive" and cfg.positive_distinct else None)  # (B, G)
+            advantages = compute_advantages(rewards, cfg, first)  # (B, G)
             if not cfg.dynamic_sampling:
                 keep = torch.ones_like(keep)
             rows = repeat(keep, "b -> (b g)", g=G).nonzero().flatten()  # rows of the kept groups
@@ -620,6 +645,15 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
         advantages = torch.cat(kept_adv)[: B * G].to(device)  # (N,)
         check_finite("advantages", advantages)
         raw_rewards = torch.cat([r.flatten() for r in kept_rewards])[: B * G].to(device)  # (N,) REINFORCE++ needs R
+        if cfg.drop_zero_advantage:  # RAFT++: train on the accepted rows only
+            nz = (advantages != 0).nonzero().flatten()  # (N',)
+            row["rows_trained"] = len(nz)
+            if len(nz) == 0:  # nothing was accepted: no gradient this step
+                logger.log({**row, "time": time.time() - t0})
+                checkpoint(step)
+                continue
+            input_ids, attn, mask = input_ids[nz], attn[nz], mask[nz]
+            advantages, raw_rewards = advantages[nz], raw_rewards[nz]
         advantages = torch.stack([advantages, raw_rewards], -1)  # (N, 2): rank_share slices both together
         # under torchrun: this rank's rows, and the part of the full batch loss they carry
         input_ids, attn, mask, advantages, share = rank_share(input_ids, attn, mask, advantages, cfg.loss_agg)
@@ -638,23 +672,26 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_fns: RewardFn | lis
         # 5. mu updates on the same rollouts: the clipped surrogate (+ beta * KL), aggregated
         policy.train()
         row["lr"] = opt.param_groups[0]["lr"]  # after warmup: cfg.lr
-        def micro_loss(mb: slice):  # rows mb of the batch (all of them unless cfg.micro_batch_size)
-            rows = lambda x: None if x is None else x[mb]  # noqa: E731
+        def micro_loss(mb: slice, pick: Tensor | None):  # rows mb of this update's rows `pick` (None: all)
+            rows = lambda x: None if x is None else (x if pick is None else x[pick])[mb]  # noqa: E731
             # prompt_length: the G completions of a prompt share one pass over it (lm.lm_logits; same numbers)
-            logp, entropy = token_logprobs(ddp_policy, input_ids[mb], attn[mb], cfg.temperature, with_entropy=True,
-                                           prompt_length=ro.prompt_length)
-            old = logp.detach() if old_logp is None else old_logp[mb]  # mu = 1: pi_old is the policy itself
-            loss, metrics = grpo_loss(logp, old, rows(ref_logp), advantages[mb], mask[mb], cfg,
+            logp, entropy = token_logprobs(ddp_policy, rows(input_ids), rows(attn), cfg.temperature,
+                                           with_entropy=True, prompt_length=ro.prompt_length)
+            old = logp.detach() if old_logp is None else rows(old_logp)  # mu = 1: pi_old is the policy itself
+            loss, metrics = grpo_loss(logp, old, rows(ref_logp), rows(advantages), rows(mask), cfg,
                                       entropy=entropy, sampler_logp=rows(sampler_logp), generator=g)
             if world > 1:  # DDP averages the ranks' gradients: weight each by its part of the full loss
                 loss = loss * share * world
-            return loss, {**metrics, "_entropy": rl.masked_mean(entropy.detach(), mask[mb])}
+            return loss, {**metrics, "_entropy": rl.masked_mean(entropy.detach(), rows(mask))}
 
         for update in range(cfg.mu):
+            pick = (torch.randperm(len(advantages), generator=g)[: cfg.minibatch_size]
+                    if cfg.minibatch_size else None)  # (M,) this update's random minibatch; None: every row
             opt.zero_grad(set_to_none=True)
             # each micro-batch's loss weighted by its part of the full batch's (its tokens for a token
             # mean, its rows for the per-sequence means): the sum is the full-batch gradient
-            loss, metrics = accumulate.backward(micro_loss, mask, cfg.micro_batch_size,
+            loss, metrics = accumulate.backward(lambda mb: micro_loss(mb, pick), mask if pick is None else mask[pick],
+                                                cfg.micro_batch_size,
                                                 per_token=cfg.loss_agg == "token_mean", name="GRPO loss")
             entropy_mean = metrics.pop("_entropy")
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)

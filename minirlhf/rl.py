@@ -409,6 +409,36 @@ def pass_at_k_advantages(correct: Tensor, k: int, eps: float = 1e-4) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------
+# Positive-only policy gradient: RAFT++ (Xiong et al., 2025, "A Minimalist Approach to LLM
+# Reasoning: from Rejection Sampling to Reinforce", Sec. 2)
+# ----------------------------------------------------------------------------------------
+
+
+def first_copies(completions: Tensor) -> Tensor:
+    """completions: (B, G, T) token ids of G completions per prompt -> (B, G) bool, True for the first
+    copy of each distinct completion in its group (a completion equal to an earlier one of its group is False)."""
+    B, G, _ = completions.shape
+    same = (completions[:, :, None, :] == completions[:, None, :, :]).all(-1)  # (B, G, G): i equals j
+    earlier = torch.ones(G, G, dtype=torch.bool, device=completions.device).tril(-1)  # j < i
+    return ~(same & earlier).any(-1)
+
+
+def positive_advantages(correct: Tensor, first: Tensor | None = None) -> Tensor:
+    """RAFT++'s advantage: REINFORCE on the accepted (correct) samples only, with no baseline.
+
+        A_i = 1[o_i correct]                       (first is None)
+        A_i = 1[o_i correct] * 1[o_i first copy]   (each distinct correct completion of a prompt once: RFT's dedup)
+
+    correct, first: (B, G) bool -> (B, G) float in {0, 1}. With A = 1 on the kept samples the clipped
+    surrogate's gradient at ratio 1 is the SFT gradient on them: rejection-sampling fine-tuning (RAFT / RFT)
+    written as a policy gradient, with PPO's importance ratio and clip for the later updates on the same batch.
+    Wrong samples get 0: nothing pushes them down (GRPO's negative advantages are what this drops).
+    """
+    keep = correct.bool() if first is None else correct.bool() & first.bool()
+    return keep.float()
+
+
+# ----------------------------------------------------------------------------------------
 # Off-policy corrections: the sampler is not the trainer (stale weights, another temperature)
 # ----------------------------------------------------------------------------------------
 

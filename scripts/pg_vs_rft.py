@@ -72,6 +72,8 @@ def main():
     ap.add_argument("--updates", type=int, default=15)
     ap.add_argument("--minibatch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--clip-high", type=float, default=0.2, help="eps_high of the clipped surrogate")
+    ap.add_argument("--loss-agg", default="seq_mean_token_mean", help="rl.aggregate_loss mode")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -79,7 +81,7 @@ def main():
     train = [r["prompt"] for r in load_split("arithmetic", "train")]
     test = load_split("arithmetic", "test")
     policy = load_model("arith-sft")
-    cfg = preset("grpo", beta=0.0)  # clip 0.2, seq_mean_token_mean
+    cfg = preset("grpo", beta=0.0, clip_high=args.clip_high, loss_agg=args.loss_agg)  # default clip 0.2
     g = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(train), generator=g).tolist()
     e = eval_arithmetic(policy, tok, test)

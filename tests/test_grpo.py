@@ -171,7 +171,7 @@ def test_smoke_train_each_variant(tok, variant):
     # format reward of a random model is 0 everywhere; a length reward makes groups differ
     length_reward = lambda ps, cs: [len(c) / 10 for c in cs]  # noqa: E731
     reward_fns, weights = [arithmetic_reward, format_reward, length_reward], [1.0, 0.5, 0.1]
-    if preset(variant).advantage == "pass_at_k":  # binary rewards: parity of the distinct characters
+    if preset(variant).advantage in ("pass_at_k", "positive"):  # binary rewards: parity of the distinct characters
         reward_fns, weights = [lambda ps, cs: [float(len(set(c)) % 2) for c in cs]], None
     pass_k = {"pass_k": 2} if preset(variant).advantage == "pass_at_k" else {}  # k < G = 4
     # a random model seldom ends within 12 tokens: overlong filtering would mask every row (tested on its own)

@@ -364,3 +364,65 @@ def test_rft_budget_matches_grpo_and_trains(tok):
     assert [r["samples"] for r in rounds] == [12, 12] and all(0 < r["kept"] <= 12 for r in rounds)
     assert len(log.series("eval/dummy")) == 3
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. RAFT++: the positive-only policy gradient (item 6's demonstration, notebook 11 section 0b)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_first_copies_marks_the_first_of_each_distinct_completion():
+    c = torch.tensor([[[1, 2], [1, 2], [3, 4], [1, 2]],  # group 0: rows 1 and 3 repeat row 0
+                      [[5, 6], [6, 5], [5, 6], [6, 5]]])  # group 1: rows 2 and 3 repeat rows 0 and 1
+    assert rl.first_copies(c).tolist() == [[True, False, True, False], [True, True, False, False]]
+    # the same completion in two different groups is a first copy in each
+    assert rl.first_copies(torch.tensor([[[7, 7]], [[7, 7]]])).tolist() == [[True], [True]]
+
+
+def test_positive_advantages_hand_values():
+    correct = torch.tensor([[1, 1, 0, 1], [0, 0, 0, 0]]).bool()
+    first = torch.tensor([[True, False, True, True], [True, True, True, True]])
+    assert rl.positive_advantages(correct).tolist() == [[1, 1, 0, 1], [0, 0, 0, 0]]
+    assert rl.positive_advantages(correct, first).tolist() == [[1, 0, 0, 1], [0, 0, 0, 0]]
+    rewards = torch.tensor([[1.0, 1.0, 0.0, 1.0]])  # the binary reward: correct means > 0.5
+    cfg = preset("raft_pp")
+    assert compute_advantages(rewards, cfg, first[:1]).tolist() == [[1, 0, 0, 1]]
+    assert compute_advantages(rewards, preset("raft_pp", positive_distinct=False), first[:1]).tolist() == [[1, 1, 0, 1]]
+    assert cfg.beta == 0 and cfg.drop_zero_advantage and cfg.minibatch_size == 64
+
+
+def test_positive_advantage_gradient_is_the_sft_gradient_on_the_accepted_rows():
+    # at ratio 1 the clipped surrogate with A = 1 has the gradient of -log pi per token: SFT on the kept rows
+    logp = torch.randn(3, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]).float()
+    A = torch.tensor([1.0, 0.0, 1.0])
+    loss, _ = grpo_loss(logp, logp.detach(), None, A, mask, preset("raft_pp", loss_agg="token_mean"))
+    (g,) = torch.autograd.grad(loss, logp)
+    expected = -(A[:, None] * mask) / mask.sum()  # d/dlogp of -sum(A logp mask) / #tokens
+    torch.testing.assert_close(g, expected)
+
+
+def test_raft_pp_trains_on_the_accepted_rows_in_minibatches(tok, monkeypatch):
+    from minirlhf import grpo
+    seen_adv, seen_rows = [], []
+    real_adv, real_loss = grpo.compute_advantages, grpo.grpo_loss
+    monkeypatch.setattr(grpo, "compute_advantages", lambda r, c, f=None: seen_adv.append(real_adv(r, c, f)) or seen_adv[-1])
+    monkeypatch.setattr(grpo, "grpo_loss", lambda logp, *a, **k: seen_rows.append(logp.shape[0]) or real_loss(logp, *a, **k))
+    parity = lambda ps, cs: [float(len(set(c)) % 2) for c in cs]  # noqa: E731  (about half the rows accepted)
+    cfg = preset("raft_pp", steps=2, prompts_per_step=3, group_size=4, mu=3, minibatch_size=2, max_new_tokens=8,
+                 eval_every=0, temperature=2.0)
+    log = train_grpo(tiny_model(tok), tok, PROMPTS, parity, cfg)
+    rows = [r for r in log.rows if "rows_trained" in r]
+    assert [r["rows_trained"] for r in rows] == [int(a.sum()) for a in seen_adv]  # only A != 0 rows train
+    assert all(0 < r["rows_trained"] < 12 for r in rows)  # some accepted, some not
+    assert seen_rows == [min(2, r["rows_trained"]) for r in rows for _ in range(3)]  # mu minibatches of 2 rows
+    assert all(r["policy/ratio_max_dev_first_update"] < 1e-5 for r in rows)
+
+
+def test_raft_pp_with_nothing_accepted_leaves_the_weights(tok):
+    model = tiny_model(tok)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = preset("raft_pp", steps=1, prompts_per_step=2, group_size=4, max_new_tokens=8, eval_every=0)
+    log = train_grpo(model, tok, PROMPTS, lambda ps, cs: [0.0] * len(cs), cfg)
+    assert log.rows[-1]["rows_trained"] == 0 and "loss" not in log.rows[-1]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

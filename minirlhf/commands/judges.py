@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, check_config
+from ..judges.factory import held_out_pointwise, make_judge, parse_judge
 from ..runs import finish, metrics_logger
 from ..utils import MetricsLogger
 
@@ -132,10 +133,6 @@ def run_judge(args, cfg: JudgeRunConfig) -> dict:
 
 
 ONLINE_JUDGE_KINDS = ("reward-model", "pairwise", "pointwise", "self", "rubric", "gold")
-SHORT_JUDGES = {"review-rm": ("reward-model", "review-rm"), "review-judge": ("pairwise", "review-judge"),
-                "self": ("self", None), "rubric": ("rubric", None), "gold": ("gold", None)}
-
-
 def online_dpo_args(p):
     p.add_argument("--online", action="store_true", help="online DPO: each round the policy samples --k responses "
                    "per prompt, --judge ranks them, DPO on best vs worst (Guo et al. 2024; Yuan et al. 2024)")
@@ -155,68 +152,6 @@ def online_dpo_args(p):
                    "end) or flag (log it, go on)")
     p.add_argument("--judge-refresh-steps", type=int, default=None, help="with --online --judge self: SFT steps on the "
                    "judging rows after each round's DPO (retrain the judging skill; default 0)")
-
-
-def parse_judge(spec: str) -> tuple[str, str | None]:
-    """`--judge` -> (kind, model or None), checked before anything loads: a short name (review-rm, review-judge, self,
-    rubric, gold) or KIND:MODEL with KIND in reward-model, pairwise, pointwise."""
-    if spec in SHORT_JUDGES:
-        return SHORT_JUDGES[spec]
-    kind, sep, model = spec.partition(":")
-    if sep and kind in ("reward-model", "pairwise", "pointwise") and model:
-        return kind, model
-    if sep:
-        raise ConfigError(f"--judge {spec!r}: KIND:MODEL needs KIND reward-model, pairwise or pointwise and a model "
-                          "name or folder after the colon")
-    from pathlib import Path
-
-    from ..models import SCALAR_HEAD, resolve
-
-    folder = Path(resolve(spec)).expanduser()
-    if folder.is_dir():  # a bare model folder or built-in name: a reward model if it has a scalar head, else pairwise
-        return ("reward-model" if (folder / SCALAR_HEAD).is_file() else "pairwise"), spec
-    raise ConfigError(f"--judge must be one of {', '.join(SHORT_JUDGES)}, KIND:MODEL (KIND reward-model, pairwise or "
-                      f"pointwise) or a model folder; got {spec!r} (no such folder)")
-
-
-def make_judge(name: str, tok, k: int = 4, policy=None):
-    """A judge function (prompts, completions) -> scores (rows grouped k by k) from its `--judge` spec.
-    `policy` is the model being trained (needed by `self`: it judges itself through a frozen snapshot)."""
-    from ..judges import pairwise
-    from ..judges.online_dpo import self_judge
-    from ..models import load_model
-    from ..worlds.reviews import gold_rewards
-
-    kind, model_name = parse_judge(name)
-    if kind == "gold":
-        return gold_rewards
-    if kind == "rubric":
-        from ..judges.rubric import fitted_checklist
-        return fitted_checklist()
-    if kind == "self":
-        if policy is None:
-            raise ConfigError("--judge self needs the policy it judges")
-        return self_judge(policy, tok, pairwise.pointwise_probs)
-    if kind == "pairwise":  # a generative pairwise judge: round robin of both-orders verdicts
-        model = load_model(model_name).eval()
-        return lambda ps, cs: pairwise.group_scores_from_pairs(
-            lambda p, a, b: pairwise.pairwise_probs(model, tok, p, a, b), ps, cs, k)
-    if kind == "pointwise":  # the same judge grading one review at a time: p('Y') after "Good? "
-        model = load_model(model_name).eval()
-        return lambda ps, cs: pairwise.pointwise_probs(model, tok, ps, cs).tolist()
-    from ..models import ScalarHeadModel
-    from ..reward_model import RewardModelScorer
-
-    return RewardModelScorer(ScalarHeadModel.from_pretrained(model_name).eval(), tok)
-
-
-def _held_out_pointwise(tok, n: int = 400):
-    """held_out_fn for a self-judge: its pointwise grades of the first `n` prefs_test pairs, compared, vs gold."""
-    from ..judges import pairwise
-    from ..worlds import reviews
-    from ..zoo import load_split
-
-    return pairwise.pointwise_agreement_fn(tok, load_split("reviews", "prefs_test")[:n], reviews.gold_reward)
 
 
 def run_online_dpo(args, cfg) -> dict:
@@ -251,7 +186,7 @@ def run_online_dpo(args, cfg) -> dict:
     extra = {}
     if kind == "self":
         from ..judges.pairwise import review_judging_rows
-        extra["held_out_fn"] = _held_out_pointwise(tok)
+        extra["held_out_fn"] = held_out_pointwise(tok)
         if ocfg.judge_refresh_steps:
             extra["judge_rows"] = review_judging_rows(seed=cfg.seed)
     t0 = time.time()

@@ -12,5 +12,6 @@ One file per kind of judge:
                   yes/no question, the reward is the weighted sum of its p('Y') (`review-rubric`).
 * `online_dpo.py` online / self-rewarding DPO: sample k responses, a judge ranks them, DPO on
                   best-vs-worst, repeat (Guo et al. 2024; Yuan et al. 2024).
+* `factory.py`    a `--judge` spec -> a judge function (parse_judge, make_judge), for the CLI and the baselines.
 * `build.py`      the zoo step that trains and ships the small judges (`python -m minirlhf.zoo --only judges`).
 """
