@@ -1,6 +1,6 @@
 """The machinery around an RL loop's rollouts, shared by the GRPO family (grpo.py): who samples and who is the
 reference, stacking rollouts, a rank's share of them under torchrun, and what the first rollouts say about a run
-that cannot learn.
+that cannot learn. `cfg` is a `grpo.GRPOConfig` (not imported: grpo.py imports this module).
 
     make_reference(policy, cfg)             the frozen reference (None when beta == 0)
     make_sampler(policy, cfg)               the policy itself on-policy; a frozen copy when stale or rounded
@@ -13,7 +13,6 @@ that cannot learn.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -21,11 +20,8 @@ from torch import Tensor
 from .lm import Rollout
 from .utils import dist_info
 
-if TYPE_CHECKING:  # annotations only (grpo.py imports this module)
-    from .grpo import GRPOConfig
 
-
-def make_reference(policy, cfg: GRPOConfig, ref_model=None):
+def make_reference(policy, cfg, ref_model=None):
     """The frozen reference policy, or None when beta == 0 (nothing is copied or kept)."""
     if cfg.beta == 0:
         return None
@@ -38,7 +34,7 @@ SAMPLER_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "flo
 """`sampler_precision` -> the dtype the sampler's weights are rounded to."""
 
 
-def make_sampler(policy, cfg: GRPOConfig):
+def make_sampler(policy, cfg):
     """The model that samples, and its temperature: the policy itself on-policy, a frozen copy (loaded at
     each step by `load_sampler_weights`) when the rollouts are stale or the sampler's weights are rounded."""
     temperature = cfg.sampler_temperature if cfg.sampler_temperature is not None else cfg.temperature
