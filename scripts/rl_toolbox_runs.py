@@ -6,6 +6,7 @@
     python scripts/rl_toolbox_runs.py offpolicy SEED      # stale rollouts (2, 4) and sampler T 0.7, with/without TIS, CISPO
     python scripts/rl_toolbox_runs.py offpolicy_mis SEED  # masked IS in training; a sampler with bf16-rounded weights
     python scripts/rl_toolbox_runs.py rft_kl SEED         # RFT vs GRPO at equal KL: held-out trace and KL to SFT per checkpoint
+    python scripts/rl_toolbox_runs.py raft_kl SEED        # the same for RAFT++ (preset raft_pp, lr 3e-4 and 1e-4) vs GRPO
 
 From arith-sft with the trace reward, one torch thread; prints one JSON line per run and a FINAL line with the paired
 bootstraps over the 500 test chains (and the 64 pass@k prompts). reinforce_pp / passk: about 80-100 s of CPU per job;
@@ -59,8 +60,9 @@ JOBS = {
                                                         is_cap=2.0))],
     # RFT vs GRPO at equal KL (run_rft_kl below): GRPO as in the toolbox table, RFT at two learning rates
     "rft_kl": [],
+    "raft_kl": [],  # the same comparison with RAFT++ (item 6's policy gradient) instead of RFT
 }
-STEPS = {"reinforce_pp": 80, "passk": 80, "entropy": 60, "offpolicy": 60, "offpolicy_mis": 60, "rft_kl": 80}
+STEPS = {"reinforce_pp": 80, "passk": 80, "entropy": 60, "offpolicy": 60, "offpolicy_mis": 60, "rft_kl": 80, "raft_kl": 80}
 WITH_PASS_AT_K = ("passk", "entropy")
 
 if len(sys.argv) != 3 or sys.argv[1] not in JOBS or not sys.argv[2].isdigit():
@@ -108,10 +110,11 @@ def summarise_log(rows):
     return out
 
 
-def run_rft_kl(sft_trace):
+def run_rft_kl(sft_trace, raft: bool = False):
     """GRPO (grpo preset, beta 0.04, lr 1e-4, 80 x 16 x 8) and RFT (4 x 320 x 8, lr 3e-4 and 1e-4): at every
     checkpoint the sequence KL to arith-sft and the per-prompt trace correctness; then, against GRPO's final
-    checkpoint, the paired difference of the RFT checkpoint with the nearest KL (and of RFT's last one)."""
+    checkpoint, the paired difference of the RFT checkpoint with the nearest KL (and of RFT's last one).
+    raft: RAFT++ (preset raft_pp, 6 steps x 320 x 8, evaluated every step) in place of RFT."""
     kl_prompts = [r["prompt"] for r in test[:200]]
     curves = {}
 
@@ -128,11 +131,16 @@ def run_rft_kl(sft_trace):
     train_grpo(load_model("arith-sft"), tokenizer, train_prompts, [arithmetic_trace_reward],
                preset("grpo", lr=1e-4, warmup_steps=10, steps=80, eval_every=20, seed=seed), eval_fn=recorder("grpo"))
     cpu["grpo"] = time.process_time() - c
-    for name, lr in (("rft_lr3e-4", 3e-4), ("rft_lr1e-4", 1e-4)):
+    runs = (("raft_lr3e-4", 3e-4), ("raft_lr1e-4", 1e-4)) if raft else (("rft_lr3e-4", 3e-4), ("rft_lr1e-4", 1e-4))
+    for name, lr in runs:
         c = time.process_time()
-        train_rft(load_model("arith-sft"), tokenizer, train_prompts, arithmetic_trace_reward,
-                  RFTConfig(iterations=4, prompts_per_iteration=320, samples_per_prompt=8, lr=lr, seed=seed),
-                  eval_fn=recorder(name))
+        if raft:
+            train_grpo(load_model("arith-sft"), tokenizer, train_prompts, [arithmetic_trace_reward],
+                       preset("raft_pp", lr=lr, seed=seed), eval_fn=recorder(name))
+        else:
+            train_rft(load_model("arith-sft"), tokenizer, train_prompts, arithmetic_trace_reward,
+                      RFTConfig(iterations=4, prompts_per_iteration=320, samples_per_prompt=8, lr=lr, seed=seed),
+                      eval_fn=recorder(name))
         cpu[name] = time.process_time() - c
     grpo_end = curves["grpo"][-1]
     out = {name: [{"kl": p["kl"], "trace": p["trace"]} for p in pts] for name, pts in curves.items()}
@@ -143,7 +151,7 @@ def run_rft_kl(sft_trace):
                           "minus_grpo": str(paired_bootstrap(nearest["per_prompt"], grpo_end["per_prompt"]))}
     out["grpo_end"] = {"kl": grpo_end["kl"], "trace": grpo_end["trace"],
                        "minus_sft": str(paired_bootstrap(grpo_end["per_prompt"], sft_trace))}
-    for name in ("rft_lr3e-4", "rft_lr1e-4"):
+    for name, _ in runs:
         out[f"{name}_end_minus_grpo"] = str(paired_bootstrap(curves[name][-1]["per_prompt"], grpo_end["per_prompt"]))
     return out
 
@@ -155,8 +163,8 @@ out = {"job": job, "seed": seed, "steps": STEPS[job], "sft_trace": statistics.me
 if job in WITH_PASS_AT_K:
     passk = {"sft": pass_at_ks(sft)}
     out["sft"] = {f"pass@{k}": statistics.mean(v) for k, v in passk["sft"].items()}
-if job == "rft_kl":
-    out.update(run_rft_kl(sft_trace))
+if job in ("rft_kl", "raft_kl"):
+    out.update(run_rft_kl(sft_trace, raft=job == "raft_kl"))
     print("FINAL", json.dumps(out), flush=True)
     sys.exit(0)
 traces = {}
