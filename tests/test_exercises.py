@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SLIPS = [(name, slip) for name, ex in EXERCISES.items() for slip in ex.slips]
 
 
-def test_the_eight_core_functions_have_an_exercise_and_a_stub():
+def test_the_nine_core_functions_have_an_exercise_and_a_stub():
     assert set(EXERCISES) == {"bradley_terry_loss", "gae", "clipped_surrogate", "dpo_loss", "group_advantages",
-                              "kl_k3", "prm_min", "gaussian_logprob"}
+                              "kl_k3", "prm_min", "gaussian_logprob", "positive_advantages"}
     for name in EXERCISES:
         text = stub_path(name).read_text()
         assert f"def {name}(" in text and "raise NotImplementedError" in text and "minirlhf grade" in text
@@ -157,7 +157,7 @@ def test_init_copies_the_stubs_and_keeps_a_students_work(tmp_path, capsys):
     assert "NOT DONE" in capsys.readouterr().out
     assert main(["grade", str(folder)]) == 1  # a folder: every exercise file in it
     out = capsys.readouterr().out
-    assert "0 of 8 passed" in out
+    assert "0 of 9 passed" in out
     assert main(["grade", str(tmp_path / "nope.py")]) == 1
     assert "nope.py: no such file or folder" in capsys.readouterr().err
     (tmp_path / "nope.py").write_text("def nope():\n    pass\n")

@@ -23,7 +23,9 @@ from ..reward_model import bradley_terry_loss as _bradley_terry_loss
 from ..rl import clipped_surrogate as _clipped_surrogate
 from ..rl import gae as _gae
 from ..rl import group_advantages as _group_advantages
+from ..rl import first_copies as _first_copies
 from ..rl import kl_k3 as _kl_k3
+from ..rl import positive_advantages as _positive_advantages
 from .grader import Case, Exercise, Slip
 
 
@@ -439,5 +441,72 @@ GAUSSIAN_LOGPROB = Exercise(
     ])
 
 
+# ---------------------------------------------------------------------------------------------
+# 9. RAFT++'s positive-only advantages (notebook 11, section 0b)
+# ---------------------------------------------------------------------------------------------
+
+
+def _positive_cases(g) -> list[Case]:
+    B, G, T = 4, 6, 5
+    comps = torch.randint(0, 3, (B, G, T), generator=g)
+    comps[0, 3] = comps[0, 1]  # duplicates inside a group ...
+    comps[0, 5] = comps[0, 1]
+    comps[2, 4] = comps[2, 0]
+    comps[3, 2] = comps[1, 0]  # ... and the same completion in two different groups
+    binary = (torch.rand(B, G, generator=g) < 0.6).float()
+    binary[0, [1, 3, 5]] = 1.0
+    binary[2, [0, 4]] = 1.0
+    binary[1, 0] = binary[3, 2] = 1.0
+    graded = binary * 0.8 + 0.1  # real-valued: 0.9 correct, 0.1 wrong ...
+    graded[1, 1], graded[3, 0] = 0.3, 0.5  # ... with two below the threshold (0.5 is not above it)
+    return [Case((comps, binary), note=f"B={B} x G={G} completions of {T} tokens, 0/1 rewards, repeats in groups 0 and 2"),
+            Case((comps, graded), note="the same completions, rewards in (0, 1): correct means > 0.5"),
+            Case((comps, binary), dict(distinct=False), note="distinct=False: every correct copy counts")]
+
+
+def _positive_variant(comps, rewards, distinct=True, threshold=0.5, dedup=True, last=False, batch=False,
+                      negatives=0.0):
+    correct = rewards > threshold
+    if not (distinct and dedup):
+        keep = correct
+    elif batch:  # one set of seen completions for the whole batch
+        seen, keep = set(), torch.zeros_like(correct)
+        for b in range(comps.shape[0]):
+            for i in range(comps.shape[1]):
+                key = tuple(comps[b, i].tolist())
+                if correct[b, i] and key not in seen:
+                    seen.add(key)
+                    keep[b, i] = True
+    else:
+        first = _first_copies(comps.flip(1)).flip(1) if last else _first_copies(comps)
+        keep = correct & first
+    return torch.where(keep, 1.0, torch.where(correct, 0.0, negatives))
+
+
+def _positive_slip(**flags):
+    return lambda c, r, distinct=True: _positive_variant(c, r, distinct, **flags)
+
+
+POSITIVE_ADVANTAGES = Exercise(
+    name="positive_advantages", title="RAFT++'s advantages: 1 on each distinct correct completion of a group, else 0",
+    reference=lambda c, r, distinct=True: _positive_advantages(r > 0.5, _first_copies(c) if distinct else None),
+    solution="minirlhf.rl.positive_advantages with minirlhf.rl.first_copies", cases=_positive_cases,
+    outputs=("advantages",),
+    slips=[
+        Slip("duplicates not removed", _positive_slip(dedup=False),
+             "credit each distinct correct completion of a prompt once: a copy of an earlier one of its group gets 0"),
+        Slip("the last copy kept", _positive_slip(last=True),
+             "keep the FIRST copy of each distinct completion (the earliest index in its group), as RFT's dedup does"),
+        Slip("duplicates removed across the whole batch", _positive_slip(batch=True),
+             "deduplicate within each prompt's group: the same completion for two prompts is two samples"),
+        Slip("wrong completions pushed down", _positive_slip(negatives=-1.0),
+             "RAFT++ gives wrong completions advantage 0 (they leave the loss), not -1: there is no baseline"),
+        Slip("any positive reward counts", _positive_slip(threshold=0.0),
+             "a completion is correct when its reward is above 0.5 (binary rewards: 1), not merely above 0"),
+        Slip("distinct=False ignored", lambda c, r, distinct=True: _positive_variant(c, r, True),
+             "with distinct=False every correct completion gets 1, copies included"),
+    ])
+
+
 EXERCISES: dict[str, Exercise] = {e.name: e for e in (
-    BRADLEY_TERRY, GAE, CLIPPED_SURROGATE, DPO, GROUP_ADVANTAGES, KL_K3, PRM_MIN, GAUSSIAN_LOGPROB)}
+    BRADLEY_TERRY, GAE, CLIPPED_SURROGATE, DPO, GROUP_ADVANTAGES, KL_K3, PRM_MIN, GAUSSIAN_LOGPROB, POSITIVE_ADVANTAGES)}
