@@ -196,8 +196,10 @@ def _arith_rows(seed: int) -> dict[str, dict]:
             # pass@k training (Chen et al. 2025; k 4, beta 0): same pass@1 as GRPO, higher pass@16 (docs/rl_toolbox.md)
             "GRPO, pass@k advantages (k 4)": variant("pass_at_k", with_pass_at_16=True),
             "RFT (rejection sampling + SFT, same samples)": rft,
-            # the positive-only policy gradient (Xiong et al. 2025) in expert iteration's batch shape: 15,360 samples
-            "RAFT++ (positive-only PG, 6 x 320 x 8)": variant("raft_pp", lr=3e-4, warmup_steps=3, mu=30, steps=6),
+            # the positive-only policy gradient (Xiong et al. 2025): its preset's own batch shape and step size
+            # (15,360 samples), not the notebook-05 recipe grpo_config puts on the other rows
+            "RAFT++ (positive-only PG, 6 x 320 x 8)": variant("raft_pp", **{
+                k: getattr(grpo.preset("raft_pp"), k) for k in ("lr", "warmup_steps", "mu", "steps")}),
             "best-of-16 (arith-orm)": best_of_16("arith-orm"),
             "best-of-16 (arith-prm-gold, min)": best_of_16("arith-prm-gold"),
             "best-of-16 (arith-genrm)": best_of_16("arith-genrm"),
