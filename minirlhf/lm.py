@@ -273,7 +273,6 @@ def _prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, cache_kwargs: dict)
     return out.logits[:, -1].float()  # (B, V)
 
 
-@torch.no_grad()
 def sample(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int,
            eos_token_id: int, pad_token_id: int, temperature: float = 1.0, top_k: int | None = None,
            generator: torch.Generator | None = None) -> Rollout:
@@ -282,7 +281,23 @@ def sample(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int,
     temperature = 0 means greedy. After a row emits EOS, it receives pad tokens with mask 0.
     prompt_ids, prompt_mask: (B, P), left-padded. Rows that repeat a prompt share its first
     forward pass (`_prefill`): the same tokens from the same generator.
+
+    The loop runs under `torch.inference_mode()` (no autograd bookkeeping at all: about 6 % less
+    time than `no_grad` on the tiny model, where the decode loop is per-operation overhead; the
+    same tokens). Tensors made there can never enter autograd, so the rollout is copied out of it.
     """
+    with torch.inference_mode():
+        rollout = _sample_loop(model, prompt_ids, prompt_mask, max_new_tokens, eos_token_id, pad_token_id,
+                               temperature, top_k, generator)
+    return Rollout(input_ids=rollout.input_ids.clone(), attention_mask=rollout.attention_mask.clone(),
+                   completion_mask=rollout.completion_mask.clone(), prompt_length=rollout.prompt_length,
+                   ended=rollout.ended.clone())
+
+
+def _sample_loop(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos_token_id: int,
+                 pad_token_id: int, temperature: float, top_k: int | None,
+                 generator: torch.Generator | None) -> Rollout:
+    """`sample`'s loop (inside inference mode)."""
     B, P = prompt_ids.shape
     device = prompt_ids.device
     if generator is not None and generator.device != device:

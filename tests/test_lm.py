@@ -84,6 +84,27 @@ def test_sampling_masks_eos_and_reproducibility(tok, tiny_model):
     assert all(tok.eos_token not in t for t in decode_completions(tok, r1))
 
 
+def test_sampling_in_inference_mode_gives_no_grad_tokens_and_trainable_tensors(tok, tiny_model):
+    """The loop runs under inference_mode: the same tokens as under no_grad, and the rollout it
+    returns is ordinary tensors, so a training forward + backward on it works."""
+    from minirlhf.lm import _sample_loop
+
+    ids, mask = encode_prompts(tok, ["3 +4\n", "3 +4\n", "1 *2 -3\n"])
+    with torch.no_grad():
+        ref = _sample_loop(tiny_model, ids, mask, 10, tok.eos_token_id, tok.pad_token_id, 0.9, None,
+                           torch.Generator().manual_seed(3))
+    r = sample(tiny_model, ids, mask, 10, tok.eos_token_id, tok.pad_token_id, 0.9,
+               generator=torch.Generator().manual_seed(3))
+    assert torch.equal(r.input_ids, ref.input_ids) and torch.equal(r.completion_mask, ref.completion_mask)
+    for t in (r.input_ids, r.attention_mask, r.completion_mask, r.ended):
+        assert not t.is_inference()
+    logps = token_logprobs(tiny_model, r.input_ids, r.attention_mask)
+    (logps * r.completion_mask).sum().backward()
+    grads = [p.grad for p in tiny_model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    tiny_model.zero_grad(set_to_none=True)
+
+
 def test_greedy_tokens_have_the_highest_logprob(tok, tiny_model):
     """Greedy sampling (temperature 0) picks, at every step, the token token_logprobs scores highest."""
     ids, mask = encode_prompts(tok, ["ab", "abcdef"])
