@@ -142,33 +142,55 @@ def prompt_sharing_applies(model, prompt_mask: Tensor) -> bool:
     return bool(prompt_mask.bool().any(-1).all())
 
 
-def lm_logits(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int | None = None) -> Tensor:
-    """Next-token logits at every position, (B, T) -> (B, T, V), positions counted over real tokens.
+def _keep_last(model, n: int) -> dict:
+    """The keyword argument that asks `model(...)` for the logits of its last n positions only
+    (transformers' `logits_to_keep`), or {} when the forward does not take it (then `_last` slices)."""
+    return {"logits_to_keep": n} if "logits_to_keep" in _forward_parameters(model) else {}
 
-    With `prompt_length` P, when rows repeat a prompt, the same logits in less work: the prompt
-    columns (B, P) go through the model once per *distinct* prompt (U, P), filling a KV cache;
-    each row then gets its prompt's keys and values (an index_select, which autograd follows: the
-    gradients of the rows sharing a prompt are summed into it), and only the rest of each row
-    (B, T - P) goes through the model, attending to them. A token's hidden states depend only on
-    the tokens before it, so this is the arithmetic of one pass over (B, T) minus the repeats:
-    equal within float rounding (tests compare values and gradients). GRPO with 8 completions of
-    32 tokens per 16-token prompt: a third fewer tokens through the model.
+
+def _last(logits: Tensor, n: int) -> Tensor:
+    """The last n positions of logits (B, T', V) -> (B, n, V): a no-op when the model kept only those."""
+    return logits[:, logits.shape[1] - n:]
+
+
+def lm_logits(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int | None = None) -> Tensor:
+    """Next-token logits, positions counted over real tokens. (B, T) -> (B, T, V) without
+    `prompt_length`; with it, (B, T - K, V): only the positions K = P - 1 .. T - 1 that predict a
+    completion token (P is the first completion column; K is clamped to T - 1).
+
+    With `prompt_length` P, two savings, the same numbers for the positions returned:
+    - The prompt's own next-token logits are never computed: nothing trains on the prompt tokens,
+      and on a real vocabulary they are expensive (a 152k-token head is about a quarter of a 0.5B
+      model's FLOPs, and (B, P, V) fp32 logits of 512-token prompts are 300 MB a row).
+    - When rows repeat a prompt, the prompt columns (B, P) go through the model once per
+      *distinct* prompt (U, P), filling a KV cache; each row then gets its prompt's keys and
+      values (an index_select, which autograd follows: the gradients of the rows sharing a prompt
+      are summed into it), and only the rest of each row (B, T - P) goes through the model,
+      attending to them. A token's hidden states depend only on the tokens before it, so this is
+      the arithmetic of one pass over (B, T) minus the repeats: equal within float rounding
+      (tests compare values and gradients). GRPO with 8 completions of 32 tokens per 16-token
+      prompt: a third fewer tokens through the model.
     """
     position_ids = position_ids_from_mask(attention_mask)  # (B, T)
+    T = input_ids.shape[1]
     P = prompt_length
-    if P is not None and 0 < P < input_ids.shape[1] and prompt_sharing_applies(model, attention_mask[:, :P]):
+    if not P:
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    n = T - min(P - 1, T - 1)  # positions kept: K .. T-1
+    if P < T and prompt_sharing_applies(model, attention_mask[:, :P]):
         prompt_ids, prompt_mask, index = shared_prompts(input_ids, attention_mask, P)  # (U, P), (U, P), (B,)
         if len(prompt_ids) < len(input_ids):  # some prompt repeats
             cache_kwargs = new_kv_cache(model)
-            prompt_logits = model(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                  position_ids=position_ids_from_mask(prompt_mask), use_cache=True,
-                                  **cache_kwargs).logits  # (U, P, V)
+            last_prompt_logits = _last(model(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                             position_ids=position_ids_from_mask(prompt_mask), use_cache=True,
+                                             **cache_kwargs, **_keep_last(model, 1)).logits, 1)  # (U, 1, V)
             cache_kwargs["cache"].reorder_cache(index)  # keys and values (U, heads, P, d) -> (B, heads, P, d)
             rest_logits = model(input_ids=input_ids[:, P:], attention_mask=attention_mask,
                                 position_ids=position_ids[:, P:], use_cache=True,
                                 **cache_kwargs).logits  # (B, T - P, V)
-            return torch.cat([prompt_logits[index], rest_logits], dim=1)  # (B, T, V)
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+            return torch.cat([last_prompt_logits[index], rest_logits], dim=1)  # (B, T - P + 1, V)
+    return _last(model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       **_keep_last(model, n)).logits, n)  # (B, n, V)
 
 
 def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0,
@@ -178,23 +200,27 @@ def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature
     input_ids, attention_mask: (B, T) -> logps (B, T) with logps[:, 0] = 0, and optionally the
     entropy (B, T) of the next-token distribution that produced each token.
     `temperature` divides the logits, as the sampler does, so that log-probs match sampling.
-    `prompt_length`: the first column of the completions, when rows may repeat a prompt: each
-    distinct prompt then goes through the model once (`lm_logits`; same numbers, less work).
+    `prompt_length` P, the first column of the completions, for the methods that train on
+    completions only: the prompt tokens' log-probs (and entropies) are then 0, their logits never
+    computed, and rows that repeat a prompt share one pass over it (`lm_logits`); the completion
+    columns get the same numbers as without it, within float rounding.
     """
     # position t predicts token t+1, so the last token is not fed: nothing is predicted from it and,
     # the model being causal, no earlier position sees it (the same logits for T-1 positions of work)
     T = input_ids.shape[1]
     n = max(T - 1, 1)  # (a lone token is fed anyway, for the shape of its empty result)
-    logits = lm_logits(model, input_ids[:, :n], attention_mask[:, :n], prompt_length)[:, :T - 1]  # (B, T-1, V)
-    if temperature != 1.0:  # x / 1 == x: no (B, T-1, V) copy to make and differentiate
+    logits = lm_logits(model, input_ids[:, :n], attention_mask[:, :n], prompt_length)  # (B, n - K, V)
+    K = n - logits.shape[1]  # the first position with logits: 0, or P - 1 with a prompt_length P
+    logits = logits[:, :T - 1 - K]  # (B, T-1-K, V): positions K .. T-2 predict tokens K+1 .. T-1
+    if temperature != 1.0:  # x / 1 == x: no (B, T-1-K, V) copy to make and differentiate
         logits = logits / temperature
     # a token has a log-prob only if it and the token before it are real (not padding)
-    valid = (attention_mask[:, :-1] * attention_mask[:, 1:]).bool()  # (B, T-1)
-    logps = logprobs_from_logits(logits, input_ids[:, 1:]).masked_fill(~valid, 0.0)  # (B, T-1)
-    logps = F.pad(logps, (1, 0))  # (B, T), aligned with input_ids
+    valid = (attention_mask[:, K:-1] * attention_mask[:, K + 1:]).bool()  # (B, T-1-K)
+    logps = logprobs_from_logits(logits, input_ids[:, K + 1:]).masked_fill(~valid, 0.0)  # (B, T-1-K)
+    logps = F.pad(logps, (K + 1, 0))  # (B, T), aligned with input_ids
     if not with_entropy:
         return logps
-    return logps, F.pad(entropy_from_logits(logits).masked_fill(~valid, 0.0), (1, 0))
+    return logps, F.pad(entropy_from_logits(logits).masked_fill(~valid, 0.0), (K + 1, 0))
 
 
 def first_completion_column(completion_mask: Tensor) -> int:
@@ -230,7 +256,9 @@ class Rollout:
 
 def _forward_parameters(model) -> set[str]:
     """The keyword arguments the causal LM's own forward takes (through a PEFT wrapper, which has
-    `get_base_model`, and through `functools.wraps` wrappers such as an autocast one)."""
+    `get_base_model`, through DDP, and through `functools.wraps` wrappers such as an autocast one)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module  # DDP's forward passes keyword arguments through
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return set(inspect.signature(base.forward).parameters)
 

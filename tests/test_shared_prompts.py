@@ -26,10 +26,12 @@ def no_sharing(monkeypatch):
 
 
 @contextlib.contextmanager
-def rows_through_model(model):
-    """Yields a list that collects the (rows, columns) of every forward pass, seen at the embedding layer."""
+def rows_through_model(model, layer=None):
+    """Yields a list that collects the (rows, columns) of every forward pass, seen at the embedding layer
+    (or at the input of `layer`: the LM head's shows how many positions' logits were computed)."""
     shapes = []
-    hook = model.get_input_embeddings().register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    layer = layer if layer is not None else model.get_input_embeddings()
+    hook = layer.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape[:2])))
     try:
         yield shapes
     finally:
@@ -85,22 +87,26 @@ def test_first_completion_column():
 def test_logprobs_entropy_and_gradients_equal_the_one_pass(tok, temperature):
     ids, attn, _, P = repeated_prompt_batch(tok)
     model = tiny_model(tok).train()
+    # every completion position gets a different gradient; the prompt tokens none (what the methods train)
+    weights = torch.linspace(-1, 1, ids.shape[1]) * (torch.arange(ids.shape[1]) >= P)
     results = []
     for prompt_length in (None, P):
         model.zero_grad()
-        with rows_through_model(model) as shapes:
+        with rows_through_model(model) as shapes, rows_through_model(model, model.lm_head) as head_shapes:
             logp, entropy = token_logprobs(model, ids, attn, temperature, with_entropy=True,
                                            prompt_length=prompt_length)
-        weights = torch.linspace(-1, 1, ids.shape[1])  # every position gets a different gradient
         ((logp * weights).sum() + 0.3 * (entropy * weights).sum()).backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters()])
-        results.append((logp.detach(), entropy.detach(), grads, shapes))
-    (logp_a, ent_a, grad_a, shapes_a), (logp_b, ent_b, grad_b, shapes_b) = results
+        results.append((logp.detach(), entropy.detach(), grads, shapes, head_shapes))
+    (logp_a, ent_a, grad_a, shapes_a, head_a), (logp_b, ent_b, grad_b, shapes_b, head_b) = results
     assert shapes_a == [(8, 12)]  # one pass over every row (the last token predicts nothing: not fed)
+    assert head_a == [(8, 12)]  # without prompt_length: logits at every position fed
     assert shapes_b == [(3, 6), (8, 6)]  # each of the 3 prompts once, then the completions
-    assert (logp_a[:, 1:] != 0).sum() > 40  # prompt and completion tokens both have log-probs
-    torch.testing.assert_close(logp_b, logp_a, rtol=1e-5, atol=1e-6)  # prompt columns included
-    torch.testing.assert_close(ent_b, ent_a, rtol=1e-5, atol=1e-6)
+    assert head_b == [(3, 1), (8, 6)]  # only the last prompt position (it predicts completion token 0)
+    assert (logp_a[:, 1:P] != 0).sum() > 10 and (logp_a[:, P:] != 0).sum() > 30  # prompt and completion
+    assert torch.all(logp_b[:, :P] == 0) and torch.all(ent_b[:, :P] == 0)  # with P: prompt tokens unscored
+    torch.testing.assert_close(logp_b[:, P:], logp_a[:, P:], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ent_b[:, P:], ent_a[:, P:], rtol=1e-5, atol=1e-6)
     assert grad_a.abs().max() > 1e-2
     # summed in another order: rounding of 1e-7 relative to the largest gradient, not of each element
     torch.testing.assert_close(grad_b, grad_a, rtol=1e-4, atol=1e-5 * grad_a.abs().max().item())
@@ -116,6 +122,8 @@ def test_logprobs_equal_log_softmax_of_the_full_forward_pass(tok, prompt_length)
         expected = torch.log_softmax(logits[:, :-1] / 0.7, -1).gather(-1, ids[:, 1:, None])[..., 0]
         expected = expected * attn[:, :-1] * attn[:, 1:]
         got = token_logprobs(model, ids, attn, temperature=0.7, prompt_length=prompt_length)
+    if prompt_length is not None:  # only the completion tokens are scored
+        expected[:, :prompt_length - 1] = 0
     assert torch.all(got[:, 0] == 0) and torch.all(got[attn == 0] == 0)
     torch.testing.assert_close(got[:, 1:], expected, rtol=1e-5, atol=1e-5)
     one = token_logprobs(model, ids[:, :1], attn[:, :1])  # a lone token: nothing to score
@@ -126,11 +134,15 @@ def test_no_repeated_prompt_and_no_prompt_length_take_one_pass(tok):
     ids, attn, _, P = repeated_prompt_batch(tok)
     model = tiny_model(tok)
     distinct = [0, 3, 4]  # one row of each prompt
-    with rows_through_model(model) as shapes:
-        token_logprobs(model, ids[distinct], attn[distinct], prompt_length=P)
-        token_logprobs(model, ids, attn)  # no prompt_length: nothing known about the layout
+    with rows_through_model(model) as shapes, rows_through_model(model, model.lm_head) as head_shapes:
+        plain = token_logprobs(model, ids[distinct], attn[distinct], prompt_length=P)
+        full = token_logprobs(model, ids, attn)  # no prompt_length: nothing known about the layout
         token_logprobs(model, ids, attn, prompt_length=ids.shape[1])  # no completion columns
     assert shapes == [(3, 12), (8, 12), (8, 12)]
+    # one pass, but the logits of positions P-1 .. 11 only (they predict the completion tokens)
+    assert head_shapes == [(3, 12 - (P - 1)), (8, 12), (8, 1)]
+    assert torch.all(plain[:, :P] == 0)
+    torch.testing.assert_close(plain[:, P:], full[distinct, P:], rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_checkpointing_takes_one_pass(tok):
@@ -144,7 +156,8 @@ def test_gradient_checkpointing_takes_one_pass(tok):
     with rows_through_model(model) as shapes:
         got = token_logprobs(model, ids, attn, prompt_length=P)
     assert shapes[0] == (8, 12)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.all(got[:, :P] == 0)
+    torch.testing.assert_close(got[:, P:], expected[:, P:], rtol=1e-5, atol=1e-6)
     with torch.no_grad(), rows_through_model(model) as shapes:  # no backward to replay: the cache is kept
         token_logprobs(model, ids, attn, prompt_length=P)
     assert shapes == [(3, 6), (8, 6)]
@@ -169,8 +182,9 @@ def test_sampler_prefill_once_per_prompt_gives_the_same_tokens(tok, monkeypatch)
     assert torch.equal(shared.attention_mask, plain.attention_mask)
     assert len({tuple(r) for r in shared.completion_ids[:3].tolist()}) > 1  # rows of one prompt still differ
     # and the sampled tokens' log-probs (the logits after the shared prefill) agree too
-    torch.testing.assert_close(token_logprobs(model, shared.input_ids, shared.attention_mask, prompt_length=P),
-                               token_logprobs(model, plain.input_ids, plain.attention_mask), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(token_logprobs(model, shared.input_ids, shared.attention_mask, prompt_length=P)[:, P:],
+                               token_logprobs(model, plain.input_ids, plain.attention_mask)[:, P:],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_grpo_run_equals_the_run_without_prompt_sharing(tok, monkeypatch):

@@ -1,0 +1,121 @@
+"""What skipping the prompt's logits saves on a real vocabulary: one DPO policy step, with and without.
+
+`lm.token_logprobs(..., prompt_length=P)` computes logits only at the positions that predict a
+completion token (P - 1 on); nothing trains on the prompt tokens' own next-token predictions. On
+the tiny world's 100-token vocabulary that is nothing; on Qwen2.5's 151,936-token vocabulary the
+LM head is a large part of each position's work and its fp32 logits (0.6 MB a position) most of
+the activation memory. This script measures the difference on a randomly initialised model of
+Qwen2.5-0.5B's shape (hidden 896, 14 heads, 2 KV heads, MLP 4864, tied embeddings; `--layers`
+of them, 24 in the real model) for one DPO policy step: chosen and rejected of `--pairs` pairs
+in one `token_logprobs` call (each prompt once), the summed completion log-probs, backward.
+
+    "all positions":     logits at every position, then the completion positions are taken
+                         (minirlhf before 2026-12-03; TRL 1.16 on a CPU, whose fused head scores
+                         only the completion positions on CUDA)
+    "completions only":  logits from position P - 1 on (transformers' `logits_to_keep`)
+
+Each variant runs in its own process (so each has its own peak memory), alternating A, B, A, B
+for `--rounds` rounds; a run builds the model (not timed), runs one warm-up step and `--steps`
+timed steps (process CPU time), and reports the median step time and the growth of the
+process's peak resident memory over the steps (`ru_maxrss` after the model was built). The
+table gives the medians over rounds and the ratio completions-only / all.
+
+    python benchmarks/bench_prompt_logits.py                      # HH-like: prompt 256, replies 64
+    python benchmarks/bench_prompt_logits.py --prompt-len 64 --completion-len 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+VARIANTS = {"all": "all positions", "completions": "completions only"}
+
+
+def one_run(args) -> dict:
+    """The child process: build the model, time `args.steps` steps of one variant, print JSON."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from minirlhf import lm
+    from minirlhf.stand_in import qwen2_config
+
+    torch.set_num_threads(args.threads)
+    if args.variant == "all":  # logits at every position: the model is never asked to keep fewer
+        lm._keep_last = lambda model, n: {}
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(qwen2_config(151936, hidden_size=896, num_layers=args.layers, num_heads=14,
+                                          num_kv_heads=2, intermediate_size=4864)).train()
+    g = torch.Generator().manual_seed(1)
+    P, C, B = args.prompt_len, args.completion_len, args.pairs
+    prompts = torch.randint(10, 151000, (B, P), generator=g)
+    ids = torch.cat([prompts.repeat(2, 1), torch.randint(10, 151000, (2 * B, C), generator=g)], 1)  # (2B, P+C)
+    attn = torch.ones_like(ids)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for step in range(1 + args.steps):
+        model.zero_grad(set_to_none=True)
+        start = time.process_time()
+        logps = lm.token_logprobs(model, ids, attn, prompt_length=P)  # (2B, P+C)
+        logps[:, P:].sum().backward()
+        if step:  # the first step warms up
+            times.append(time.process_time() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"ms": 1000 * statistics.median(times), "peak_mb": (peak - base) / 1024}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers (Qwen2.5-0.5B has 24)")
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--prompt-len", type=int, default=256)
+    parser.add_argument("--completion-len", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # the child's
+    args = parser.parse_args()
+    for flag in ("layers", "pairs", "prompt_len", "completion_len", "rounds", "steps", "threads"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.variant:
+        print(json.dumps(one_run(args)))
+        return
+    results = {v: [] for v in VARIANTS}
+    for _ in range(args.rounds):
+        for v in VARIANTS:  # A, B, A, B
+            cmd = [sys.executable, __file__, "--variant", v] + [
+                f"--{k.replace('_', '-')}={getattr(args, k)}"
+                for k in ("layers", "pairs", "prompt_len", "completion_len", "steps", "threads")]
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if out.returncode:
+                sys.exit(f"the {VARIANTS[v]!r} run failed: {out.stderr.strip().splitlines()[-1:]}")
+            results[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    import torch
+    import transformers
+
+    print(f"#### One DPO policy step (forward + backward), {platform.machine()} CPU, {args.threads} thread(s), "
+          f"process CPU time; torch {torch.__version__}, transformers {transformers.__version__}\n")
+    print(f"Qwen2.5-0.5B-shaped model with {args.layers} layers, vocabulary 151,936, fp32; {args.pairs} pairs, "
+          f"prompt {args.prompt_len} + completions {args.completion_len} tokens; "
+          f"{args.rounds} A/B rounds x {args.steps} timed steps.\n")
+    print("| logits computed at | step ms (median of rounds) | peak memory growth MB |")
+    print("|---|---|---|")
+    med = {v: (statistics.median(r["ms"] for r in results[v]), statistics.median(r["peak_mb"] for r in results[v]))
+           for v in VARIANTS}
+    for v, name in VARIANTS.items():
+        print(f"| {name} | {med[v][0]:.0f} | {med[v][1]:.0f} |")
+    print(f"\ncompletions only / all positions: time {med['completions'][0] / med['all'][0]:.2f}, "
+          f"peak memory growth {med['completions'][1] / med['all'][1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
