@@ -1,4 +1,4 @@
-"""What skipping the prompt's logits saves on a real vocabulary: one DPO policy step, with and without.
+"""What the LM head costs on a real vocabulary: one DPO policy step, three ways of computing log-probs.
 
 `lm.token_logprobs(..., prompt_length=P)` computes logits only at the positions that predict a
 completion token (P - 1 on); nothing trains on the prompt tokens' own next-token predictions. On
@@ -9,16 +9,19 @@ Qwen2.5-0.5B's shape (hidden 896, 14 heads, 2 KV heads, MLP 4864, tied embedding
 of them, 24 in the real model) for one DPO policy step: chosen and rejected of `--pairs` pairs
 in one `token_logprobs` call (each prompt once), the summed completion log-probs, backward.
 
-    "all positions":     logits at every position, then the completion positions are taken
-                         (minirlhf before 2026-12-03; TRL 1.16 on a CPU, whose fused head scores
-                         only the completion positions on CUDA)
-    "completions only":  logits from position P - 1 on (transformers' `logits_to_keep`)
+    "all positions":     the model's logits at every position, then the completion positions are
+                         taken (minirlhf before 2026-12-03; TRL 1.16 on a CPU, whose fused head
+                         scores only the completion positions on CUDA)
+    "completions only":  the model's logits from position P - 1 on (transformers' `logits_to_keep`)
+    "chunked head":      the final hidden states of those positions, scored by `lm.token_logprobs`'s
+                         chunked LM head (`lm.fused_head`): no (B, T, V) logits at all (the default
+                         from 32k vocabulary entries on)
 
 Each variant runs in its own process (so each has its own peak memory), alternating A, B, A, B
 for `--rounds` rounds; a run builds the model (not timed), runs one warm-up step and `--steps`
 timed steps (process CPU time), and reports the median step time and the growth of the
 process's peak resident memory over the steps (`ru_maxrss` after the model was built). The
-table gives the medians over rounds and the ratio completions-only / all.
+table gives the medians over rounds and each variant's ratio to "all positions".
 
     python benchmarks/bench_prompt_logits.py                      # HH-like: prompt 256, replies 64
     python benchmarks/bench_prompt_logits.py --prompt-len 64 --completion-len 256
@@ -36,7 +39,7 @@ import subprocess
 import sys
 import time
 
-VARIANTS = {"all": "all positions", "completions": "completions only"}
+VARIANTS = {"all": "all positions", "completions": "completions only", "chunked": "chunked head"}
 
 
 def one_run(args) -> dict:
@@ -50,6 +53,8 @@ def one_run(args) -> dict:
     torch.set_num_threads(args.threads)
     if args.variant == "all":  # logits at every position: the model is never asked to keep fewer
         lm._keep_last = lambda model, n: {}
+    if args.variant != "chunked":  # the model's own LM head
+        lm.fused_head = lambda model: None
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(qwen2_config(151936, hidden_size=896, num_layers=args.layers, num_heads=14,
                                           num_kv_heads=2, intermediate_size=4864)).train()
@@ -107,14 +112,15 @@ def main():
     print(f"Qwen2.5-0.5B-shaped model with {args.layers} layers, vocabulary 151,936, fp32; {args.pairs} pairs, "
           f"prompt {args.prompt_len} + completions {args.completion_len} tokens; "
           f"{args.rounds} A/B rounds x {args.steps} timed steps.\n")
-    print("| logits computed at | step ms (median of rounds) | peak memory growth MB |")
+    print("| log-probs from | step ms (median of rounds) | peak memory growth MB |")
     print("|---|---|---|")
     med = {v: (statistics.median(r["ms"] for r in results[v]), statistics.median(r["peak_mb"] for r in results[v]))
            for v in VARIANTS}
     for v, name in VARIANTS.items():
         print(f"| {name} | {med[v][0]:.0f} | {med[v][1]:.0f} |")
-    print(f"\ncompletions only / all positions: time {med['completions'][0] / med['all'][0]:.2f}, "
-          f"peak memory growth {med['completions'][1] / med['all'][1]:.2f}")
+    for v in ("completions", "chunked"):
+        print(f"\n{VARIANTS[v]} / all positions: time {med[v][0] / med['all'][0]:.2f}, "
+              f"peak memory growth {med[v][1] / med['all'][1]:.2f}")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,14 @@ sequence's log-prob is simply `(logps * completion_mask).sum(-1)`.
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .kernels.logprobs_reference import entropy_from_logits, linear_logprobs_chunked, logprobs_from_logits
 from .models import position_ids_from_mask
 
 # ---------------------------------------------------------------------------------------------
@@ -102,19 +104,6 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def logprobs_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
-    """log softmax(logits)[target]. logits: (..., V), targets: (...) -> (...). Computed in fp32."""
-    logits = logits.float()
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """H = logsumexp(z) - sum softmax(z) * z. (..., V) -> (...)."""
-    logits = logits.float()
-    p = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
-
-
 def shared_prompts(input_ids: Tensor, attention_mask: Tensor, prompt_length: int) -> tuple[Tensor, Tensor, Tensor]:
     """The distinct prompts of a batch whose rows repeat them (GRPO's G completions of a prompt,
     DPO's chosen and rejected): ids (U, P), mask (U, P), and index (N,): row i's prompt is number index[i].
@@ -193,6 +182,58 @@ def lm_logits(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: i
                        **_keep_last(model, n)).logits, n)  # (B, n, V)
 
 
+FUSED_HEAD_MIN_VOCAB = 32768
+"""From this vocabulary size on, `token_logprobs` scores tokens from the final hidden states with the
+chunked LM head (`kernels.linear_logprobs_chunked`) instead of asking the model for logits."""
+_PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # logits = lm_head(final hidden states), no more
+
+
+def fused_head(model) -> torch.nn.Linear | None:
+    """The LM head `token_logprobs` applies itself, chunked, or None (it then asks the model for logits).
+
+    Why: the logits are the largest tensor of a step on a real vocabulary. 16 completions of 512
+    tokens with Qwen2.5's 151,936 entries are 5 GB in fp32, and autograd keeps more than one copy
+    (the softmax for the backward); the chunked head holds a (chunk, V) block at a time and
+    recomputes it in the backward (about a third more head FLOPs). Taken when the logits are
+    exactly `hidden @ W^T` and large: a Llama / Mistral / Qwen2 / Qwen3 causal LM (directly, under
+    PEFT, or behind minirlhf's autocast and LoRA-reference wrappers) with a bias-free `nn.Linear`
+    head (not a LoRA-wrapped or hooked one), a vocabulary of at least `FUSED_HEAD_MIN_VOCAB`, not
+    under DDP (the head's weight is then used outside the wrapped forward). Below that size the
+    logits are small and the model's own head keeps its numbers bit for bit (the tiny world).
+    """
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in _PLAIN_HEAD_MODEL_TYPES:
+        return None
+    if getattr(config, "vocab_size", 0) < FUSED_HEAD_MIN_VOCAB or not hasattr(base, "get_output_embeddings"):
+        return None
+    head = base.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None or "forward" in vars(head):
+        return None  # a subclass, a bias, or a forward already replaced (accelerate's hooks): the model's own way
+    return head
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+@contextmanager
+def hidden_states_as_logits(head: torch.nn.Linear | None):
+    """Inside, `head` passes its input through, so `model(...).logits` are the final hidden states
+    (B, n, H) of the same positions, whatever wraps the model (PEFT, autocast, the LoRA reference's
+    adapters switched off). Nothing happens with head None."""
+    if head is None:
+        yield
+        return
+    head.forward = _identity
+    try:
+        yield
+    finally:
+        del head.forward
+
+
 def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0,
                    with_entropy: bool = False, prompt_length: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Per-token log-probs of `input_ids` under `model`, aligned with the tokens.
@@ -204,23 +245,37 @@ def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature
     completions only: the prompt tokens' log-probs (and entropies) are then 0, their logits never
     computed, and rows that repeat a prompt share one pass over it (`lm_logits`); the completion
     columns get the same numbers as without it, within float rounding.
+    On a real vocabulary (`fused_head`: 32k entries or more) the model returns its final hidden
+    states and the LM head is applied here, chunked, to the scored positions only: no (B, T, V)
+    logits at all, the same numbers within float rounding.
     """
     # position t predicts token t+1, so the last token is not fed: nothing is predicted from it and,
     # the model being causal, no earlier position sees it (the same logits for T-1 positions of work)
     T = input_ids.shape[1]
     n = max(T - 1, 1)  # (a lone token is fed anyway, for the shape of its empty result)
-    logits = lm_logits(model, input_ids[:, :n], attention_mask[:, :n], prompt_length)  # (B, n - K, V)
-    K = n - logits.shape[1]  # the first position with logits: 0, or P - 1 with a prompt_length P
-    logits = logits[:, :T - 1 - K]  # (B, T-1-K, V): positions K .. T-2 predict tokens K+1 .. T-1
-    if temperature != 1.0:  # x / 1 == x: no (B, T-1-K, V) copy to make and differentiate
-        logits = logits / temperature
+    head = fused_head(model)  # None: the model's logits; else its final hidden states, scored below
+    with hidden_states_as_logits(head):
+        out = lm_logits(model, input_ids[:, :n], attention_mask[:, :n], prompt_length)  # (B, n - K, V or H)
+    K = n - out.shape[1]  # the first position with logits: 0, or P - 1 with a prompt_length P
+    out = out[:, :T - 1 - K]  # (B, T-1-K, .): positions K .. T-2 predict tokens K+1 .. T-1
     # a token has a log-prob only if it and the token before it are real (not padding)
     valid = (attention_mask[:, K:-1] * attention_mask[:, K + 1:]).bool()  # (B, T-1-K)
-    logps = logprobs_from_logits(logits, input_ids[:, K + 1:]).masked_fill(~valid, 0.0)  # (B, T-1-K)
+    targets = input_ids[:, K + 1:]  # (B, T-1-K)
+    if head is None:
+        logits = out / temperature if temperature != 1.0 else out  # x / 1 == x: no (B, T-1-K, V) copy
+        logps = logprobs_from_logits(logits, targets).masked_fill(~valid, 0.0)  # (B, T-1-K)
+        entropy = entropy_from_logits(logits).masked_fill(~valid, 0.0) if with_entropy else None
+    else:  # the valid positions only, (N, H) -> (N,), a (chunk, V) block of logits at a time
+        with torch.autocast("cuda", dtype=model.autocast_dtype) if getattr(model, "autocast_dtype", None) \
+                else nullcontext():  # the same autocast as the model's forward (scaling.autocast_forward)
+            lp, ent = linear_logprobs_chunked(out[valid].to(head.weight.dtype), head.weight, targets[valid],
+                                              with_entropy=True, temperature=temperature)
+        logps = lp.new_zeros(valid.shape).masked_scatter(valid, lp)  # (B, T-1-K)
+        entropy = ent.new_zeros(valid.shape).masked_scatter(valid, ent) if with_entropy else None
     logps = F.pad(logps, (K + 1, 0))  # (B, T), aligned with input_ids
     if not with_entropy:
         return logps
-    return logps, F.pad(entropy_from_logits(logits).masked_fill(~valid, 0.0), (K + 1, 0))
+    return logps, F.pad(entropy, (K + 1, 0))
 
 
 def first_completion_column(completion_mask: Tensor) -> int:

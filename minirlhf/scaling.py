@@ -84,8 +84,10 @@ def add_lora(model: nn.Module, opts: ScaleOptions) -> nn.Module:
 
 def autocast_forward(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Make `model(...)` run under CUDA autocast (in place; returns the model). The wrapper keeps
-    the forward's signature (`functools.wraps`), which `lm.sample` reads."""
+    the forward's signature (`functools.wraps`), which `lm.sample` reads; `model.autocast_dtype`
+    tells `lm.token_logprobs` to run its chunked LM head (`lm.fused_head`) under the same autocast."""
     inner = model.forward
+    model.autocast_dtype = dtype
 
     @functools.wraps(inner)
     def forward(*args, **kwargs):
@@ -152,6 +154,10 @@ class AdapterDisabledReference(nn.Module):
 
     def get_base_model(self):  # what lm.sample reads the forward's signature from
         return self.policy.get_base_model()
+
+    @property
+    def autocast_dtype(self):  # the policy's (`autocast_forward`), which its forward runs under
+        return getattr(self.policy, "autocast_dtype", None)
 
 
 def reference_for(policy: nn.Module, opts: ScaleOptions, load_copy) -> nn.Module:

@@ -39,7 +39,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from minirlhf.lm import entropy_from_logits, logprobs_from_logits
+
+def logprobs_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(logits)[target]. logits: (..., V), targets: (...) -> (...). Computed in fp32."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """H = logsumexp(z) - sum softmax(z) * z. (..., V) -> (...)."""
+    logits = logits.float()
+    p = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
 
 # rows per chunk are chosen so that one fp32 (chunk, V) block holds about this many elements
 DEFAULT_CHUNK_ELEMENTS = 2**26  # 256 MB in fp32
@@ -94,7 +106,9 @@ def logits_block(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
 class ChunkedLinearLogprobs(torch.autograd.Function):
     """Chunked over rows; forward saves (N,)-sized statistics only, backward recomputes logits."""
 
+    # under CUDA autocast (`scaling.autocast_forward`) the backward runs in the forward's autocast state
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
                 chunk: int) -> tuple[Tensor, Tensor]:
         N = hidden.shape[0]
@@ -115,6 +129,7 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
         return logp, entropy
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g_lp: Tensor | None, g_h: Tensor | None):
         hidden, weight, targets, lse, mean_z = ctx.saved_tensors
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
