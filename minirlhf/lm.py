@@ -266,8 +266,8 @@ def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature
         logps = logprobs_from_logits(logits, targets).masked_fill(~valid, 0.0)  # (B, T-1-K)
         entropy = entropy_from_logits(logits).masked_fill(~valid, 0.0) if with_entropy else None
     else:  # the valid positions only, (N, H) -> (N,), a (chunk, V) block of logits at a time
-        with torch.autocast("cuda", dtype=model.autocast_dtype) if getattr(model, "autocast_dtype", None) \
-                else nullcontext():  # the same autocast as the model's forward (scaling.autocast_forward)
+        amp = getattr(model, "autocast_dtype", None)  # the autocast of the model's forward (scaling.autocast_forward)
+        with torch.autocast("cuda", dtype=amp) if amp is not None else nullcontext():
             lp, ent = linear_logprobs_chunked(out[valid].to(head.weight.dtype), head.weight, targets[valid],
                                               with_entropy=True, temperature=temperature)
         logps = lp.new_zeros(valid.shape).masked_scatter(valid, lp)  # (B, T-1-K)
