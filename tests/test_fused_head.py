@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2ForCausalLM
 
 from minirlhf import lm
 from minirlhf.dpo import DPOConfig, train_dpo
+from minirlhf.grpo import preset, train_grpo
 from minirlhf.lm import FUSED_HEAD_MIN_VOCAB, fused_head, token_logprobs
 from minirlhf.scaling import AdapterDisabledReference, ScaleOptions, add_lora, autocast_forward
 from minirlhf.stand_in import qwen2_config
@@ -136,26 +137,52 @@ def test_autocast_wrapper_is_seen_through():
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_dpo_trains_the_same_through_either_head(monkeypatch):
-    from transformers import PreTrainedTokenizerFast
+def word_tokenizer():
+    """A word-level tokenizer over the whole 32k vocabulary: "w0" pads, "w1" ends, "w2" is unknown."""
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
-    vocab = {f"w{i}": i for i in range(V)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="w2"))
+    core = Tokenizer(models.WordLevel({f"w{i}": i for i in range(V)}, unk_token="w2"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="w0", eos_token="w1", unk_token="w2")
-    g = torch.Generator().manual_seed(0)
-    words = lambda n: " ".join(f"w{i}" for i in torch.randint(3, V, (n,), generator=g).tolist())  # noqa: E731
-    rows = [{"prompt": words(4), "chosen": words(3), "rejected": words(5)} for _ in range(8)]
-    cfg = DPOConfig(batch_size=4, steps=3, lr=1e-3, warmup_steps=0, log_every=10**6, seed=0)
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="w0", eos_token="w1", unk_token="w2")
+
+
+def random_words(g: torch.Generator, n: int) -> str:
+    return " ".join(f"w{i}" for i in torch.randint(3, V, (n,), generator=g).tolist())
+
+
+def weights_apart(run, monkeypatch):
+    """Train twice, through the model's own head and the chunked one: (distance apart, distance travelled)."""
     weights = []
     for plain in (True, False):
         with monkeypatch.context() as m:
             if plain:
                 m.setattr(lm, "fused_head", lambda model: None)
             policy = big_vocab_model()
-            train_dpo(policy, tok, rows, cfg, ref_model=big_vocab_model())
+            run(policy)
         weights.append(torch.cat([p.detach().flatten() for p in policy.parameters()]))
     start = torch.cat([p.detach().flatten() for p in big_vocab_model().parameters()])
-    travelled, apart = (weights[0] - start).norm(), (weights[1] - weights[0]).norm()
-    assert travelled > 1e-2 and apart < 1e-3 * travelled, (apart.item(), travelled.item())
+    return (weights[1] - weights[0]).norm().item(), (weights[0] - start).norm().item()
+
+
+def test_dpo_trains_the_same_through_either_head(monkeypatch):
+    tok, g = word_tokenizer(), torch.Generator().manual_seed(0)
+    rows = [{"prompt": random_words(g, 4), "chosen": random_words(g, 3), "rejected": random_words(g, 5)}
+            for _ in range(8)]
+    cfg = DPOConfig(batch_size=4, steps=3, lr=1e-3, warmup_steps=0, log_every=10**6, seed=0)
+    apart, travelled = weights_apart(lambda policy: train_dpo(policy, tok, rows, cfg, ref_model=big_vocab_model()),
+                                     monkeypatch)
+    assert travelled > 1e-2 and apart < 1e-4 * travelled, (apart, travelled)  # measured: about 1e-6
+
+
+def test_grpo_trains_the_same_through_either_head(monkeypatch):
+    # sampling uses the model's own head either way; the update's log-probs and entropies go through the chunked one
+    tok, g = word_tokenizer(), torch.Generator().manual_seed(0)
+    prompts = [random_words(g, 3) for _ in range(4)]
+    def reward(prompts, completions):  # the odd word ids in a completion
+        return [float(sum(int(w[1:]) % 2 for w in c.split())) for c in completions]
+    cfg = preset("grpo", steps=2, prompts_per_step=2, group_size=4, mu=2, max_new_tokens=6, lr=1e-3, beta=0.04,
+                 eval_every=0)  # mu 2 and beta > 0: the pi_old and reference passes as well
+    apart, travelled = weights_apart(lambda policy: train_grpo(policy, tok, prompts, reward, cfg,
+                                                               ref_model=big_vocab_model()), monkeypatch)
+    assert travelled > 1e-2 and apart < 1e-4 * travelled, (apart, travelled)  # measured: about 1e-6
