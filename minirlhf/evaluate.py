@@ -87,8 +87,8 @@ def sequence_kl(policy, ref, tok, prompts: list[str], max_new_tokens: int = 64, 
     device = next(policy.parameters()).device
     ro = sample(policy, ids.to(device), mask.to(device), max_new_tokens, tok.eos_token_id, tok.pad_token_id,
                 temperature=temperature, generator=torch.Generator().manual_seed(seed))
-    logp = token_logprobs(policy, ro.input_ids, ro.attention_mask, temperature=temperature)  # (B, T)
-    ref_logp = token_logprobs(ref, ro.input_ids, ro.attention_mask, temperature=temperature)  # (B, T)
+    logp = token_logprobs(policy, ro.input_ids, ro.attention_mask, temperature, score_mask=ro.completion_mask)
+    ref_logp = token_logprobs(ref, ro.input_ids, ro.attention_mask, temperature, score_mask=ro.completion_mask)
     out = {"kl": round(((logp - ref_logp) * ro.completion_mask).sum(-1).mean().item(), 4)}
     if gold_fn is not None:
         out["gold_reward"] = round(sum(gold_fn(prompts, decode_completions(tok, ro))) / len(prompts), 4)

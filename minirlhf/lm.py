@@ -235,7 +235,8 @@ def hidden_states_as_logits(head: torch.nn.Linear | None):
 
 
 def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0,
-                   with_entropy: bool = False, prompt_length: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+                   with_entropy: bool = False, prompt_length: int | None = None,
+                   score_mask: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Per-token log-probs of `input_ids` under `model`, aligned with the tokens.
 
     input_ids, attention_mask: (B, T) -> logps (B, T) with logps[:, 0] = 0, and optionally the
@@ -248,6 +249,11 @@ def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature
     On a real vocabulary (`fused_head`: 32k entries or more) the model returns its final hidden
     states and the LM head is applied here, chunked, to the scored positions only: no (B, T, V)
     logits at all, the same numbers within float rounding.
+    `score_mask` (B, T), for callers that need the log-probs of some tokens only (SFT's completion
+    tokens, PPO's response tokens, rows of any layout, packed ones included): the other tokens'
+    log-probs (and entropies) are 0, and the chunked head never scores them. The model's own head
+    still computes every position's logits (`prompt_length` is what skips those), so on a small
+    vocabulary the numbers of the tokens kept are the same bit for bit.
     """
     # position t predicts token t+1, so the last token is not fed: nothing is predicted from it and,
     # the model being causal, no earlier position sees it (the same logits for T-1 positions of work)
@@ -260,6 +266,8 @@ def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature
     out = out[:, :T - 1 - K]  # (B, T-1-K, .): positions K .. T-2 predict tokens K+1 .. T-1
     # a token has a log-prob only if it and the token before it are real (not padding)
     valid = (attention_mask[:, K:-1] * attention_mask[:, K + 1:]).bool()  # (B, T-1-K)
+    if score_mask is not None:  # and the caller wants it
+        valid &= score_mask[:, K + 1:].bool()
     targets = input_ids[:, K + 1:]  # (B, T-1-K)
     if head is None:
         logits = out / temperature if temperature != 1.0 else out  # x / 1 == x: no (B, T-1-K, V) copy

@@ -260,8 +260,8 @@ def make_experience(policy, ref_model, value_model, reward, tokenizer, prompts: 
     check_finite("reward scores", raw_scores)
     scores = (raw_scores - score_norm[0]) / score_norm[1]  # (B,)
     # 3. log-probs of the sampled tokens under the policy and the reference, same temperature [D2]
-    old_logp = token_logprobs(policy, ids, attn, temperature=cfg.temperature)  # (B, T)
-    ref_logp = token_logprobs(ref_model, ids, attn, temperature=cfg.temperature)  # (B, T)
+    old_logp = token_logprobs(policy, ids, attn, temperature=cfg.temperature, score_mask=mask)  # (B, T)
+    ref_logp = token_logprobs(ref_model, ids, attn, temperature=cfg.temperature, score_mask=mask)  # (B, T)
     old_values = token_values(value_model, ids, attn) * mask  # (B, T) [D9]
     # 4. per-token rewards: -beta * k1 everywhere, score (or the no-EOS penalty) at the end [D4, D6]
     rewards, kl = per_token_rewards(scores, old_logp, ref_logp, mask, beta, ro.ended, cfg.missing_eos_penalty)
@@ -294,7 +294,7 @@ def ppo_loss(policy, value_model, mb: dict, cfg: PPOConfig) -> tuple[Tensor, dic
     """Loss of one minibatch [D12]: clipped surrogate + vf_coef * clipped value loss."""
     mask = mb["mask"]
     logp, entropy = token_logprobs(policy, mb["input_ids"], mb["attention_mask"], temperature=cfg.temperature,
-                                   with_entropy=True)  # (b, T) [D2]
+                                   with_entropy=True, score_mask=mask)  # (b, T), 0 off the completion [D2]
     pg_tok, ratio = clipped_surrogate(logp, mb["old_logp"], mb["advantages"], cfg.cliprange)  # (b, T) Eq. 7
     pg_loss = aggregate_loss(pg_tok, mask, "token_mean")
     values = token_values(value_model, mb["input_ids"], mb["attention_mask"])  # (b, T)
@@ -373,8 +373,9 @@ def evaluate_policy(policy, ref_model, tokenizer, prompts: list[str], cfg: PPOCo
     was_training = policy.training
     policy.eval()
     ro = rollout_batch(policy, tokenizer, prompts, cfg, torch.Generator().manual_seed(seed))
-    logp = token_logprobs(policy, ro.input_ids, ro.attention_mask, temperature=cfg.temperature)
-    ref_logp = token_logprobs(ref_model, ro.input_ids, ro.attention_mask, temperature=cfg.temperature)
+    logp = token_logprobs(policy, ro.input_ids, ro.attention_mask, cfg.temperature, score_mask=ro.completion_mask)
+    ref_logp = token_logprobs(ref_model, ro.input_ids, ro.attention_mask, cfg.temperature,
+                              score_mask=ro.completion_mask)
     out = {"eval/kl": ((logp - ref_logp) * ro.completion_mask).sum(-1).mean().item(),
            "eval/ended_frac": ro.ended.float().mean().item()}
     if reward is not None:

@@ -153,7 +153,8 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig = SFTConfig(),
             torch.distributed.all_reduce(n_tokens)
 
         def micro_loss(mb: slice):
-            logps = token_logprobs(ddp_model, batch["input_ids"][mb], batch["attention_mask"][mb])  # (b, T)
+            logps = token_logprobs(ddp_model, batch["input_ids"][mb], batch["attention_mask"][mb],
+                                   score_mask=loss_mask[mb])  # (b, T): 0 off the loss (the chunked head skips it)
             return -(logps * loss_mask[mb]).sum() / n_tokens.clamp(min=1) * world, {}
 
         # 3. the update
