@@ -31,7 +31,7 @@ completion tokens (no prompt repeats, so no shared prompt pass; SFT asks for the
 `score_mask`, which leaves the model's own head as it is and keeps the chunked head off the prompt):
 
     "all positions":     the model's own head, logits at every position
-    "chunked, every token":  the chunked head scoring every token (SFT before 2026-12-03, session 11)
+    "chunked, every token":  the chunked head scoring every token (SFT before it passed score_mask)
     "chunked head":      the chunked head scoring the completion tokens only (what ships)
 """
 
