@@ -65,14 +65,20 @@ def qwen2_config(vocab_size: int, hidden_size: int = 64, num_layers: int = 2, nu
                        tie_word_embeddings=True, **ids)
 
 
-def build_stand_in(folder: str | Path, seed: int = 0, **sizes) -> Path:
-    """Save the tokenizer and a random Qwen2ForCausalLM (safetensors) in `folder`; returns it."""
+def build_stand_in(folder: str | Path, seed: int = 0, vocab_size: int | None = None, **sizes) -> Path:
+    """Save the tokenizer and a random Qwen2ForCausalLM (safetensors) in `folder`; returns it.
+
+    `vocab_size`: the model's vocabulary (default: the tokenizer's 512). Larger is what real checkpoints do
+    (Qwen2.5: 151,936 embedding rows for 151,665 tokens); from 32,768 on, log-probs take the chunked LM head.
+    """
     from transformers import Qwen2ForCausalLM
 
     folder = Path(folder)
     tok = build_tokenizer()
+    if vocab_size is not None and vocab_size < len(tok):
+        raise ValueError(f"vocab_size={vocab_size} is smaller than the tokenizer's {len(tok)} tokens")
     torch.manual_seed(seed)
-    cfg = qwen2_config(len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    cfg = qwen2_config(vocab_size or len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                        bos_token_id=None, **sizes)
     Qwen2ForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)

@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from minirlhf import evaluate
+from minirlhf import evaluate, lm
 from minirlhf.cli import main
+from minirlhf.lm import FUSED_HEAD_MIN_VOCAB
 from minirlhf.prompting import DEFAULT_INSTRUCTION, chat_completion, chat_prompt
 from minirlhf.stand_in import build_stand_in
 from minirlhf.worlds.arithmetic import extract_numeric_answer, numeric_answer_reward
@@ -83,17 +84,23 @@ SMALL = {"sft": ["--batch-size", "2", "--micro-batch-size", "1", "--max-length",
          "grpo": ["--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "6", "--micro-batch-size", "2"]}
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_each_gpu_preset_runs_one_step_on_the_stand_in(workdir, capsys, stand_in, preset):
+def run_preset(capsys, workdir, model: str, preset: Path) -> dict:
+    """One step of `preset` on `model` (CPU, fp32, small batches): the run's summary."""
     cfg = yaml.safe_load(preset.read_text())
-    assert cfg["model"].startswith("Qwen/Qwen2.5-") and cfg["model"].endswith("-Instruct")
     method = method_of(preset)
     data = str(workdir / "prefs.jsonl") if method == "dpo" else str(GSM8K)
     if method == "sft" and "prompt_field" not in cfg:  # the preset for a user's own chats
         data = str(workdir / "chats.jsonl")
         Path(data).write_text("".join(json.dumps({"messages": r["prompt"] + r["chosen"]}) + "\n" for r in PAIRS))
-    s = run(capsys, [method, "--preset", str(preset), "--model", stand_in, "--dataset", data, "--device", "cpu",
-                     "--bf16", "false", "--steps", "1", "--name", preset.stem, *SMALL[method]])
+    return run(capsys, [method, "--preset", str(preset), "--model", model, "--dataset", data, "--device", "cpu",
+                        "--bf16", "false", "--steps", "1", "--name", preset.stem, *SMALL[method]])
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_each_gpu_preset_runs_one_step_on_the_stand_in(workdir, capsys, stand_in, preset):
+    cfg = yaml.safe_load(preset.read_text())
+    assert cfg["model"].startswith("Qwen/Qwen2.5-") and cfg["model"].endswith("-Instruct")
+    s = run_preset(capsys, workdir, stand_in, preset)
     assert s["steps"] == 1 and s["model"] == stand_in
     if cfg.get("lora_r"):
         # adapters only: r * (d_in + d_out) for q, k, v, o (hidden 64, 2 KV heads of 16) and gate, up, down (MLP 128)
@@ -106,6 +113,37 @@ def test_each_gpu_preset_runs_one_step_on_the_stand_in(workdir, capsys, stand_in
     from minirlhf.models import load_model
 
     assert load_model(workdir / "runs" / preset.stem / "model").config.model_type == "qwen2"  # merged, loadable
+
+
+@pytest.fixture(scope="module")
+def stand_in_32k(tmp_path_factory):
+    """The stand-in with a model vocabulary of 32,768 behind its 512-token tokenizer (Qwen2.5's models too have more
+    entries than their tokenizers: 151,936 to 151,665): large enough for the chunked LM head (`lm.fused_head`)."""
+    return str(build_stand_in(tmp_path_factory.mktemp("qwen2_32k") / "model", vocab_size=FUSED_HEAD_MIN_VOCAB))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_each_gpu_preset_runs_through_the_chunked_head(workdir, capsys, stand_in_32k, preset, monkeypatch):
+    # LoRA, gradient checkpointing, micro-batches, the chat template and sampled ids past the tokenizer's vocabulary,
+    # all with the log-probs scored from the final hidden states, a (chunk, V) block at a time
+    rows, real = [], lm.linear_logprobs_chunked
+    monkeypatch.setattr(lm, "linear_logprobs_chunked", lambda h, *a, **k: (rows.append(len(h)), real(h, *a, **k))[1])
+    s = run_preset(capsys, workdir, stand_in_32k, preset)
+    assert s["steps"] == 1 and rows and all(n > 0 for n in rows), rows
+
+
+def test_ppo_with_lora_runs_through_the_chunked_head(workdir, capsys, stand_in_32k, monkeypatch):
+    prefs = str(workdir / "prefs.jsonl")
+    run(capsys, ["rm", "--model", stand_in_32k, "--dataset", prefs, "--device", "cpu", "--steps", "1",
+                 "--batch-size", "2", "--name", "rm"])
+    rows, real = [], lm.linear_logprobs_chunked
+    monkeypatch.setattr(lm, "linear_logprobs_chunked", lambda h, *a, **k: (rows.append(len(h)), real(h, *a, **k))[1])
+    s = run(capsys, ["ppo", "--model", stand_in_32k, "--dataset", prefs, "--reward-model", str(workdir / "runs" / "rm"
+                     / "model"), "--device", "cpu", "--lora-r", "4", "--steps", "1", "--batch-size", "2",
+                     "--mini-batch-size", "2", "--max-new-tokens", "4", "--norm-samples", "2", "--name", "ppo_lora"])
+    assert s["steps"] == 1 and s["lora_r"] == 4
+    # policy and reference passes of the rollout, the update, the evaluation: the 4 sampled tokens of 2 rows at most
+    assert rows and max(rows) <= 2 * 4, rows
 
 
 def lora_adapter_count(r: int) -> int:
