@@ -30,3 +30,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def chunked_head_rows(monkeypatch) -> list[int]:
+    """The number of rows of each call of the chunked LM head (`lm.linear_logprobs_chunked`) during the test."""
+    from minirlhf import lm
+
+    rows, real = [], lm.linear_logprobs_chunked
+
+    def counting(hidden, *args, **kwargs):
+        rows.append(len(hidden))
+        return real(hidden, *args, **kwargs)
+
+    monkeypatch.setattr(lm, "linear_logprobs_chunked", counting)
+    return rows

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from minirlhf import evaluate, lm
+from minirlhf import evaluate
 from minirlhf.cli import main
 from minirlhf.lm import FUSED_HEAD_MIN_VOCAB
 from minirlhf.prompting import DEFAULT_INSTRUCTION, chat_completion, chat_prompt
@@ -123,21 +123,20 @@ def stand_in_32k(tmp_path_factory):
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_each_gpu_preset_runs_through_the_chunked_head(workdir, capsys, stand_in_32k, preset, monkeypatch):
+def test_each_gpu_preset_runs_through_the_chunked_head(workdir, capsys, stand_in_32k, preset, chunked_head_rows):
     # LoRA, gradient checkpointing, micro-batches, the chat template and sampled ids past the tokenizer's vocabulary,
     # all with the log-probs scored from the final hidden states, a (chunk, V) block at a time
-    rows, real = [], lm.linear_logprobs_chunked
-    monkeypatch.setattr(lm, "linear_logprobs_chunked", lambda h, *a, **k: (rows.append(len(h)), real(h, *a, **k))[1])
     s = run_preset(capsys, workdir, stand_in_32k, preset)
+    rows = chunked_head_rows  # tests/conftest.py
     assert s["steps"] == 1 and rows and all(n > 0 for n in rows), rows
 
 
-def test_ppo_with_lora_runs_through_the_chunked_head(workdir, capsys, stand_in_32k, monkeypatch):
+def test_ppo_with_lora_runs_through_the_chunked_head(workdir, capsys, stand_in_32k, chunked_head_rows):
     prefs = str(workdir / "prefs.jsonl")
     run(capsys, ["rm", "--model", stand_in_32k, "--dataset", prefs, "--device", "cpu", "--steps", "1",
                  "--batch-size", "2", "--name", "rm"])
-    rows, real = [], lm.linear_logprobs_chunked
-    monkeypatch.setattr(lm, "linear_logprobs_chunked", lambda h, *a, **k: (rows.append(len(h)), real(h, *a, **k))[1])
+    chunked_head_rows.clear()  # the reward model's run above has no LM head; count from here
+    rows = chunked_head_rows
     s = run(capsys, ["ppo", "--model", stand_in_32k, "--dataset", prefs, "--reward-model", str(workdir / "runs" / "rm"
                      / "model"), "--device", "cpu", "--lora-r", "4", "--steps", "1", "--batch-size", "2",
                      "--mini-batch-size", "2", "--max-new-tokens", "4", "--norm-samples", "2", "--name", "ppo_lora"])

@@ -9,7 +9,7 @@ import torch
 from test_fused_head import batch, big_vocab_model, random_words, weights_apart, word_tokenizer
 from test_ppo import PROMPTS, tiny_rl_setup
 
-from minirlhf import lm, ppo, sft
+from minirlhf import ppo, sft
 from minirlhf.lm import token_logprobs
 from minirlhf.models import ScalarHeadModel
 from minirlhf.ppo import PPOConfig, train_ppo
@@ -44,23 +44,11 @@ def test_the_models_own_head_keeps_every_bit(tiny_model):
     assert all(torch.equal(a, b) for a, b in zip(grad_a, grad_b))
 
 
-def rows_scored(monkeypatch) -> list[int]:
-    """From now on, the number of rows of each call of the chunked head, appended to the list returned."""
-    rows, real = [], lm.linear_logprobs_chunked
-
-    def counting(hidden, weight, targets, **kw):
-        rows.append(hidden.shape[0])
-        return real(hidden, weight, targets, **kw)
-
-    monkeypatch.setattr(lm, "linear_logprobs_chunked", counting)
-    return rows
-
-
-def test_the_chunked_head_scores_only_the_masked_tokens(monkeypatch):
+def test_the_chunked_head_scores_only_the_masked_tokens(chunked_head_rows):
     ids, attn, P = batch()
     model = big_vocab_model().train()
     score = completion_mask(attn, P)
-    rows = rows_scored(monkeypatch)
+    rows = chunked_head_rows  # tests/conftest.py
     logp_all = token_logprobs(model, ids, attn)
     logp = token_logprobs(model, ids, attn, score_mask=score)
     pairs = (attn[:, 1:] * attn[:, :-1]).sum().item()  # tokens with a real token before them
@@ -114,24 +102,23 @@ def test_ppo_on_the_tiny_world_does_not_move_a_bit(tok, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(weights_a, weights_b))
 
 
-def test_sft_trains_the_same_through_either_head(monkeypatch):
+def test_sft_trains_the_same_through_either_head(monkeypatch, chunked_head_rows):
     # the chunked head scores the completion tokens only; the model's own head scores every token
     tok, g = word_tokenizer(), torch.Generator().manual_seed(0)
     rows = [{"prompt": random_words(g, 5), "completion": random_words(g, 3)} for _ in range(8)]
     cfg = SFTConfig(steps=3, batch_size=4, warmup_steps=0, lr=1e-3, log_every=10**6)
-    scored = rows_scored(monkeypatch)
     apart, travelled = weights_apart(lambda policy: train_sft(policy, tok, rows, cfg), monkeypatch)
+    scored = list(chunked_head_rows)
     assert travelled > 1e-2 and apart < 1e-4 * travelled, (apart, travelled)  # measured: 0 (one chunk, same sums)
     assert len(scored) == 3  # the chunked head ran, in the second run
-    scored = list(scored)  # (the counter below counts into it too)
     with monkeypatch.context() as m:  # a third run scoring every token, as SFT did before score_mask
         without_score_mask(m, sft)
-        every = rows_scored(m)
         train_sft(big_vocab_model(), tok, rows, cfg)
+    every = chunked_head_rows[len(scored):]
     assert sum(scored) < 0.5 * sum(every), (scored, every)  # the prompt tokens (5 words to 3 + EOS) not scored
 
 
-def test_ppo_trains_the_same_through_either_head(monkeypatch):
+def test_ppo_trains_the_same_through_either_head(monkeypatch, chunked_head_rows):
     # rollouts sample with the model's own head either way; the two no-gradient passes and the update score the
     # response tokens through the chunked head (the value model is a trunk with its own scalar head)
     tok, g = word_tokenizer(), torch.Generator().manual_seed(0)
@@ -143,7 +130,7 @@ def test_ppo_trains_the_same_through_either_head(monkeypatch):
     def run(policy):
         train_ppo(policy, tok, prompts, reward, cfg, ref_model=big_vocab_model(),
                   value_model=ScalarHeadModel(big_vocab_model(seed=1)))
-    scored = rows_scored(monkeypatch)
     apart, travelled = weights_apart(run, monkeypatch)
+    scored = chunked_head_rows
     assert travelled > 1e-2 and apart < 1e-4 * travelled, (apart, travelled)  # measured: 0 (one chunk, same sums)
     assert scored and max(scored) <= 4 * 5  # the chunked head ran, on the 5 sampled tokens of 4 rows at most
